@@ -1,0 +1,129 @@
+"""Typed records that flow through the pipeline and the one Parquet schema that writes them."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = [
+    "DETECTIONS_SCHEMA",
+    "IMAGES_SCHEMA",
+    "STATUS_ERROR",
+    "STATUS_OK",
+    "DecodedImage",
+    "DetectionRow",
+    "ImageRow",
+    "Region",
+]
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+# The public contract: add columns, never change or remove them (README, "Output").
+DETECTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("roi_index", pa.int32(), nullable=False),
+        pa.field("box_ymin", pa.float32(), nullable=False),
+        pa.field("box_xmin", pa.float32(), nullable=False),
+        pa.field("box_ymax", pa.float32(), nullable=False),
+        pa.field("box_xmax", pa.float32(), nullable=False),
+        pa.field("detector_class_id", pa.int32(), nullable=False),
+        pa.field("detector_label", pa.string(), nullable=True),
+        pa.field("detector_score", pa.float32(), nullable=False),
+        pa.field("class_id", pa.int32(), nullable=False),
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("confidence", pa.float32(), nullable=False),
+        pa.field("detector_model", pa.string(), nullable=False),
+        pa.field("classifier_model", pa.string(), nullable=False),
+    ]
+)
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=True),
+        pa.field("height", pa.int32(), nullable=True),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error_stage", pa.string(), nullable=True),
+        pa.field("error", pa.string(), nullable=True),
+        pa.field("num_detections", pa.int32(), nullable=False),
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedImage:
+    """An image decoded to RGB uint8 ``[H, W, 3]``."""
+
+    path: str
+    pixels: np.ndarray
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """One detected region, cropped and resized to the classifier's input size."""
+
+    image_path: str
+    roi_index: int
+    box: tuple[float, float, float, float]  # ymin, xmin, ymax, xmax in pixels
+    detector_class_id: int
+    detector_score: float
+    crop: np.ndarray  # uint8 [h, w, 3], already the classifier's input size
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionRow:
+    """One row of ``OUTPUT/detections``."""
+
+    image_path: str
+    roi_index: int
+    box_ymin: float
+    box_xmin: float
+    box_ymax: float
+    box_xmax: float
+    detector_class_id: int
+    detector_label: Optional[str]
+    detector_score: float
+    class_id: int
+    label: str
+    confidence: float
+    detector_model: str
+    classifier_model: str
+
+    def to_dict(self) -> dict[str, Any]:
+        # Every key is always present: Beam's Parquet sink raises KeyError on a missing key.
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRow:
+    """One row of ``OUTPUT/images``: every input path appears exactly once."""
+
+    image_path: str
+    status: str
+    width: Optional[int] = None
+    height: Optional[int] = None
+    error_stage: Optional[str] = None
+    error: Optional[str] = None
+    num_detections: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def failed(cls, path: str, stage: str, error: str, *, width: Optional[int] = None,
+               height: Optional[int] = None) -> "ImageRow":
+        return cls(image_path=path, status=STATUS_ERROR, width=width, height=height,
+                   error_stage=stage, error=error)
