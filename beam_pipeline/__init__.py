@@ -1,0 +1,1 @@
+"""beam-detect-classify: the job (options, validation, graph, entry point)."""

@@ -1,0 +1,46 @@
+"""Parses options, validates them before any work, runs the graph and prints a summary."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from beam_pipeline.options import DetectClassifyOptions
+from beam_pipeline.pipeline import build_pipeline
+from beam_pipeline.summary import collect_metrics, format_summary
+from beam_pipeline.validation import ConfigError, validate
+
+__all__ = ["main", "run"]
+
+
+def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
+    """Runs the job with command-line ``argv``; returns its metrics (empty when the runner
+    does not report them). Raises ConfigError before any work on a configuration mistake."""
+    options = PipelineOptions(list(argv) if argv is not None else None)
+    job = options.view_as(DetectClassifyOptions)
+    config = validate(job)
+    start = time.monotonic()
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, config)
+    result = pipeline.run()
+    result.wait_until_finish()
+    values = collect_metrics(result)
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if values or runner in ("DirectRunner", "direct"):
+        print(format_summary(values, time.monotonic() - start, config.output), flush=True)
+    return values
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Command-line entry: a configuration mistake exits 2 with one line saying what to fix."""
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        run(argv if argv is not None else sys.argv[1:])
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

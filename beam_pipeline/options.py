@@ -1,0 +1,80 @@
+"""The job's command-line options: one PipelineOptions subclass, beside every standard Beam flag."""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.classification import DEFAULT_CLASSIFIER_BATCH
+from transforms.image_ops import DEFAULT_MAX_IMAGE_PIXELS, PREPROCESS_MODES
+from transforms.model_files import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
+
+__all__ = ["DetectClassifyOptions"]
+
+
+class DetectClassifyOptions(PipelineOptions):
+    """Options of ``python -m beam_pipeline``."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        group = parser.add_argument_group("beam-detect-classify")
+        group.add_argument(
+            "--input", required=True,
+            help="Images to process: a glob ('data/*.jpg', 'gs://bucket/shots/**.png'), a folder "
+                 "(its image files), or a manifest: a .txt file with one path per line or a "
+                 ".csv file with a 'path' column. Any Beam filesystem (local, gs://, s3://).")
+        group.add_argument(
+            "--output", required=True,
+            help="Output folder (any Beam filesystem); gets detections/ and images/ Parquet.")
+        group.add_argument(
+            "--overwrite", action="store_true", default=False,
+            help="Replace the tables of an earlier run in --output (without it, such a run is "
+                 "refused before any work starts).")
+        group.add_argument(
+            "--detector_model", default=DEFAULT_DETECTOR,
+            help="TF2 Object Detection API SavedModel folder (serving_default signature). "
+                 "Default: the bundled wafer-defect detector.")
+        group.add_argument(
+            "--detector_label_map", default=None,
+            help="OD API label_map.pbtxt for detector_label. Default: the bundled map with the "
+                 "bundled detector, none (detector_label null) with another detector.")
+        group.add_argument(
+            "--classifier_model", default=DEFAULT_CLASSIFIER,
+            help="Keras classifier (.keras, .h5 or SavedModel folder). Default: the bundled "
+                 "wafer-defect classifier.")
+        group.add_argument(
+            "--classifier_labels", default=None,
+            help="Labels file, one label per line in the classifier's output order. Default: "
+                 "the bundled labels with the bundled classifier, else labels.txt beside the "
+                 "model.")
+        group.add_argument(
+            "--min_score", type=float, default=0.5,
+            help="Keep detections scoring at least this (0..1).")
+        group.add_argument(
+            "--max_detections", type=int, default=100,
+            help="Classify at most this many regions per image, highest scores first.")
+        group.add_argument(
+            "--crop_padding", type=float, default=0.0,
+            help="Grow each box by this fraction of its height/width on each side before "
+                 "cropping (0.1 = 10%% context).")
+        group.add_argument(
+            "--classifier_batch_size", type=int, default=DEFAULT_CLASSIFIER_BATCH,
+            help="Largest batch of crops per classifier call.")
+        group.add_argument(
+            "--classifier_preprocess", choices=sorted(PREPROCESS_MODES), default="unit",
+            help="Input range the classifier was trained on: unit = [0,1], raw = [0,255], "
+                 "symmetric = [-1,1].")
+        group.add_argument(
+            "--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+            help="Refuse images larger than this many pixels, checked from the header before "
+                 "decoding (decompression bombs).")
+        group.add_argument(
+            "--unsafe_keras_deserialization", action="store_true", default=False,
+            help="Allow Keras models with Lambda layers (runs Python code stored in the model "
+                 "file; only for models you trust).")
+        group.add_argument(
+            "--model_copies", type=int, default=0,
+            help="Load this many copies of each model per machine, shared across processes "
+                 "(0 = one per worker process, Beam's default).")
+        group.add_argument(
+            "--num_shards", type=int, default=0,
+            help="Parquet files per table (0 = let the runner decide).")

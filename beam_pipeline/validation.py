@@ -1,0 +1,156 @@
+"""Fail-fast checks: every configuration mistake is caught before the pipeline starts."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Optional
+
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipeline.options import DetectClassifyOptions
+from beam_pipeline.pipeline import JobConfig
+from transforms.labels import read_label_map, read_labels
+from transforms.model_files import (
+    DEFAULT_CLASSIFIER,
+    DEFAULT_CLASSIFIER_LABELS,
+    DEFAULT_DETECTOR,
+    DEFAULT_DETECTOR_LABEL_MAP,
+    local_model_path,
+    resolve_model_path,
+)
+from transforms.reading import resolve_input
+
+__all__ = ["ConfigError", "check_output", "validate"]
+
+TABLES = ("detections", "images")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the problem and the fix."""
+
+
+def _exists(path: str) -> bool:
+    return FileSystems.exists(resolve_model_path(path))
+
+
+def _check_numbers(opts: DetectClassifyOptions) -> None:
+    if not 0.0 <= opts.min_score <= 1.0:
+        raise ConfigError(f"--min_score={opts.min_score} must be between 0 and 1")
+    if opts.max_detections < 1:
+        raise ConfigError(f"--max_detections={opts.max_detections} must be at least 1")
+    if opts.crop_padding < 0:
+        raise ConfigError(f"--crop_padding={opts.crop_padding} must be 0 or more")
+    if opts.classifier_batch_size < 1:
+        raise ConfigError(f"--classifier_batch_size={opts.classifier_batch_size} must be >= 1")
+    if opts.max_image_pixels < 1:
+        raise ConfigError(f"--max_image_pixels={opts.max_image_pixels} must be >= 1")
+
+
+def check_output(output: str, *, overwrite: bool) -> None:
+    """Refuses an output folder that holds an earlier run's tables (unless ``overwrite``, which
+    deletes them) and proves the folder is writable by writing and deleting a probe file."""
+    existing = [FileSystems.join(output, t) for t in TABLES
+                if FileSystems.match([FileSystems.join(output, t, "*")])[0].metadata_list]
+    if existing and not overwrite:
+        raise ConfigError(f"--output {output} already holds a run's tables ({', '.join(existing)}); "
+                          "pass --overwrite to replace them, or choose another --output")
+    if existing:
+        FileSystems.delete(existing)
+    probe = FileSystems.join(output, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        if "://" not in output:
+            os.makedirs(output, exist_ok=True)
+        with FileSystems.create(probe) as handle:
+            handle.write(b"ok")
+        FileSystems.delete([probe])
+    except Exception as exc:  # pylint: disable=broad-except
+        raise ConfigError(f"--output {output} is not writable ({type(exc).__name__}: {exc}); "
+                          "fix its permissions or choose another folder") from exc
+
+
+def _detector_labels(opts: DetectClassifyOptions) -> Optional[dict[int, str]]:
+    label_map = opts.detector_label_map
+    if label_map is None and opts.detector_model == DEFAULT_DETECTOR:
+        label_map = DEFAULT_DETECTOR_LABEL_MAP
+    if label_map is None:
+        return None
+    if not _exists(label_map):
+        raise ConfigError(f"--detector_label_map {label_map} does not exist; pass an OD API "
+                          "label_map.pbtxt or leave the option out")
+    try:
+        return read_label_map(resolve_model_path(label_map))
+    except ValueError as exc:
+        raise ConfigError(f"--detector_label_map {label_map}: {exc}") from exc
+
+
+def _classifier_labels_path(opts: DetectClassifyOptions) -> str:
+    if opts.classifier_labels is not None:
+        return opts.classifier_labels
+    if opts.classifier_model == DEFAULT_CLASSIFIER:
+        return DEFAULT_CLASSIFIER_LABELS
+    model = opts.classifier_model.rstrip("/")
+    beside = FileSystems.join(model.rsplit("/", 1)[0] if "/" in model else ".", "labels.txt")
+    if not FileSystems.exists(beside):
+        raise ConfigError(f"no --classifier_labels given and no {beside} beside the model; "
+                          "pass --classifier_labels with one label per line")
+    return beside
+
+
+def validate(opts: DetectClassifyOptions) -> JobConfig:
+    """Checks options, models, labels and output, and returns the graph's configuration.
+
+    Raises:
+        ConfigError: with one line naming the problem and the fix.
+    """
+    from transforms.classification import ClassifierModel
+    from transforms.detection import DetectorModel
+
+    _check_numbers(opts)
+    for flag, path in (("--detector_model", opts.detector_model),
+                       ("--classifier_model", opts.classifier_model)):
+        if not _exists(path):
+            raise ConfigError(f"{flag} {path} does not exist; pass the path of your model")
+    try:
+        spec = resolve_input(opts.input)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"--input {opts.input}: {exc}") from exc
+    if spec.kind == "manifest" and not FileSystems.exists(spec.location):
+        raise ConfigError(f"--input manifest {spec.location} does not exist")
+    detector_labels = _detector_labels(opts)
+    labels_path = _classifier_labels_path(opts)
+    if not _exists(labels_path):
+        raise ConfigError(f"--classifier_labels {labels_path} does not exist")
+    labels = read_labels(resolve_model_path(labels_path))
+    try:
+        DetectorModel(local_model_path(opts.detector_model))
+    except Exception as exc:  # pylint: disable=broad-except
+        raise ConfigError(f"--detector_model {opts.detector_model} is not a usable OD API "
+                          f"SavedModel: {str(exc).splitlines()[0]}") from exc
+    try:
+        classifier = ClassifierModel(local_model_path(opts.classifier_model),
+                                     safe_mode=not opts.unsafe_keras_deserialization)
+    except Exception as exc:  # pylint: disable=broad-except
+        hint = (" (it uses Lambda layers: pass --unsafe_keras_deserialization if you trust it)"
+                if "Lambda" in str(exc) or "safe_mode" in str(exc) else "")
+        raise ConfigError(f"--classifier_model {opts.classifier_model} cannot be loaded as an "
+                          f"image classifier: {str(exc).splitlines()[0]}{hint}") from exc
+    if classifier.input_height is None or classifier.input_width is None:
+        raise ConfigError(f"--classifier_model {opts.classifier_model} has no fixed input size "
+                          "(height/width None); export it with a fixed input shape")
+    if len(labels) != classifier.num_classes:
+        raise ConfigError(f"--classifier_labels {labels_path} has {len(labels)} labels but the "
+                          f"classifier has {classifier.num_classes} outputs; give one label per "
+                          "output, in order")
+    check_output(opts.output, overwrite=opts.overwrite)
+    return JobConfig(
+        input=spec, output=opts.output, detector_model=opts.detector_model,
+        classifier_model=opts.classifier_model, classifier_labels=tuple(labels),
+        classifier_input_size=(int(classifier.input_height), int(classifier.input_width)),
+        detector_labels=detector_labels, min_score=opts.min_score,
+        max_detections=opts.max_detections, crop_padding=opts.crop_padding,
+        classifier_batch_size=opts.classifier_batch_size,
+        classifier_preprocess=opts.classifier_preprocess,
+        max_image_pixels=opts.max_image_pixels,
+        safe_mode=not opts.unsafe_keras_deserialization,
+        model_copies=opts.model_copies or None, num_shards=opts.num_shards)

@@ -1,0 +1,100 @@
+"""Shared fixtures: small real models with known answers, built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Normalized [ymin, xmin, ymax, xmax]; the fake detector returns these for every image.
+FAKE_BOXES = np.array([
+    [0.1, 0.1, 0.4, 0.3],    # A, score 0.9
+    [0.5, 0.5, 0.9, 0.9],    # B, score 0.7
+    [0.0, 0.6, 0.2, 1.2],    # C, score 0.6, runs past the right edge: clipped
+    [0.6, 0.1, 0.8, 0.3],    # D, score 0.2: below the default threshold
+    [0.2, 0.2, 0.3, 0.3],    # padding past num_detections: must be ignored
+], dtype=np.float32)
+FAKE_SCORES = np.array([0.9, 0.7, 0.6, 0.2, 0.99], dtype=np.float32)
+FAKE_CLASSES = np.array([1, 2, 1, 3, 5], dtype=np.float32)
+FAKE_NUM_DETECTIONS = 4
+IMAGE_HEIGHT, IMAGE_WIDTH = 100, 200
+COLOR_LABELS = ("red", "green", "blue")
+COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+
+def _save_fake_detector(path: str, *, batchable: bool) -> str:
+    import tensorflow as tf
+
+    class FakeDetector(tf.Module):
+        @tf.function(input_signature=[
+            tf.TensorSpec([None if batchable else 1, None, None, 3], tf.uint8)])
+        def detect(self, input_tensor):
+            batch = tf.shape(input_tensor)[0]
+
+            def tile(values):
+                return tf.tile(tf.constant(values)[tf.newaxis], [batch] + [1] * values.ndim)
+
+            return {
+                "detection_boxes": tile(FAKE_BOXES),
+                "detection_scores": tile(FAKE_SCORES),
+                "detection_classes": tile(FAKE_CLASSES),
+                "num_detections": tf.fill([batch], float(FAKE_NUM_DETECTIONS)),
+                # Extra keys, as real OD API exports have: ignored by the pipeline.
+                "raw_detection_scores": tile(np.ones((7, 2), np.float32)),
+            }
+
+    module = FakeDetector()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.detect})
+    return path
+
+
+def _save_color_classifier(path: str) -> str:
+    import keras
+
+    # Mean colour of the crop, x20, softmax: a pure red/green/blue crop gets its colour.
+    inputs = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    logits = keras.layers.Dense(3, use_bias=False, name="colors")(pooled)
+    outputs = keras.layers.Softmax()(logits)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("colors").set_weights([np.eye(3, dtype=np.float32) * 20.0])
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    _save_fake_detector(str(root / "detector"), batchable=False)
+    _save_fake_detector(str(root / "detector_batched"), batchable=True)
+    _save_color_classifier(str(root / "colors.keras"))
+    (root / "labels.txt").write_text("\n".join(COLOR_LABELS) + "\n")
+    (root / "label_map.pbtxt").write_text(
+        "item {\n  id: 1\n  name: 'defect'\n}\nitem {\n  id: 2\n  name: 'other'\n"
+        "  display_name: 'Other thing'\n}\n")
+    return root
+
+
+def paint_image(colors: tuple[str, str, str]) -> np.ndarray:
+    """An RGB image with boxes A, B and C of the fake detector painted in ``colors``, and
+    box D white; the rest mid grey."""
+    image = np.full((IMAGE_HEIGHT, IMAGE_WIDTH, 3), 128, np.uint8)
+    scale = np.array([IMAGE_HEIGHT, IMAGE_WIDTH, IMAGE_HEIGHT, IMAGE_WIDTH], np.float32)
+    for box, color in zip(FAKE_BOXES[:3], colors):
+        ymin, xmin, ymax, xmax = (box * scale).astype(int)
+        image[ymin:ymax, xmin:xmax] = COLORS[color]
+    ymin, xmin, ymax, xmax = (FAKE_BOXES[3] * scale).astype(int)
+    image[ymin:ymax, xmin:xmax] = 255
+    return image
+
+
+def write_png(path, rgb: np.ndarray) -> str:
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    with open(path, "wb") as handle:
+        handle.write(encoded.tobytes())
+    return str(path)

@@ -1,0 +1,1 @@
+"""Pipeline stages, model handlers, pure image functions and the records they exchange."""

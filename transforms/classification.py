@@ -1,0 +1,136 @@
+"""ClassifyRegions: a RunInference ModelHandler that classifies crops in compiled batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from transforms.image_ops import preprocess, resize_to
+from transforms.model_files import local_model_path
+from transforms.records import Region
+from transforms.tf_runtime import configure_tensorflow
+
+__all__ = [
+    "Classification",
+    "ClassifierModel",
+    "KerasClassifierModelHandler",
+    "to_probabilities",
+]
+
+DEFAULT_CLASSIFIER_BATCH = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """The classifier's answer for one region, or the error that replaced it."""
+
+    class_id: int
+    confidence: float
+    error: Optional[str] = None
+
+
+def to_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """Returns class probabilities: rows that already are (non-negative, summing to 1) pass
+    through; anything else is treated as logits and softmaxed."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        is_probability = np.all(outputs >= 0, axis=1) & np.isclose(outputs.sum(axis=1), 1.0,
+                                                                   atol=1e-3)
+    if np.all(is_probability):
+        return outputs
+    shifted = outputs - np.max(outputs, axis=1, keepdims=True)
+    soft = np.exp(shifted)
+    soft /= soft.sum(axis=1, keepdims=True)
+    return np.where(is_probability[:, None], outputs, soft)
+
+
+class ClassifierModel:
+    """A loaded classifier (``.keras``, ``.h5`` or SavedModel) behind one compiled function."""
+
+    def __init__(self, path: str, *, safe_mode: bool = True):
+        import tensorflow as tf
+
+        if os.path.isdir(path) or not path.endswith((".keras", ".h5", ".hdf5")):
+            self._owner = tf.saved_model.load(path)
+            signature = self._owner.signatures["serving_default"]
+            inputs = signature.structured_input_signature[1]
+            (input_key, spec), = inputs.items()
+            (self._output_key, _), = sorted(signature.structured_outputs.items())[:1]
+            shape = spec.shape
+
+            def call(x):
+                return signature(**{input_key: x})[self._output_key]
+        else:
+            import keras
+
+            self._owner = keras.models.load_model(path, compile=False, safe_mode=safe_mode)
+            shape = tf.TensorShape(self._owner.inputs[0].shape)
+
+            def call(x):
+                return self._owner(x, training=False)
+        if shape.rank != 4 or shape[3] not in (1, 3):
+            raise ValueError(f"{path}: classifier input is {shape}; expected an image batch "
+                             "[batch, height, width, 1 or 3]")
+        self.input_height, self.input_width, self.channels = shape[1], shape[2], shape[3]
+        # One traced graph for every batch size: no retracing, no model.predict overhead.
+        self._fn = tf.function(
+            call, input_signature=[tf.TensorSpec([None, shape[1], shape[2], shape[3]],
+                                                 tf.float32)])
+        self.num_classes = int(self._fn.get_concrete_function().structured_outputs.shape[-1])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self._fn(batch).numpy()
+
+
+class KerasClassifierModelHandler(ModelHandler[Region, PredictionResult, ClassifierModel]):
+    """Loads a classifier once per worker process and classifies crops in fixed-size batches.
+
+    Crops arrive already resized to the model's input size by CropRegions; ``preprocess_mode``
+    maps uint8 to the model's range (``unit``, ``raw`` or ``symmetric``).
+    """
+
+    def __init__(self, model_path: str, *, preprocess_mode: str = "unit",
+                 batch_size: int = DEFAULT_CLASSIFIER_BATCH, safe_mode: bool = True,
+                 model_copies: Optional[int] = None):
+        preprocess(np.zeros((1, 1, 1, 3), np.uint8), preprocess_mode)  # rejects a bad mode now
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size,
+                         model_copies=model_copies)
+        self._model_path = model_path
+        self._preprocess_mode = preprocess_mode
+        self._safe_mode = safe_mode
+
+    def load_model(self) -> ClassifierModel:
+        configure_tensorflow()
+        return ClassifierModel(local_model_path(self._model_path), safe_mode=self._safe_mode)
+
+    def run_inference(self, batch: Sequence[Region], model: ClassifierModel,
+                      inference_args: Optional[dict[str, Any]] = None
+                      ) -> Iterable[PredictionResult]:
+        height, width = model.input_height, model.input_width
+        crops = np.stack([
+            region.crop if region.crop.shape[:2] == (height, width)
+            else resize_to(region.crop, height, width) for region in batch])
+        if model.channels == 1:
+            # ITU-R 601 luma, as cv2.COLOR_RGB2GRAY.
+            crops = (crops @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        probabilities = to_probabilities(model(preprocess(crops, self._preprocess_mode)))
+        results = []
+        for region, row in zip(batch, probabilities):
+            if not np.all(np.isfinite(row)):
+                answer = Classification(-1, float("nan"), "classifier returned NaN or inf")
+            else:
+                best = int(np.argmax(row))
+                answer = Classification(best, float(row[best]))
+            results.append(PredictionResult(region, answer, self._model_path))
+        return results
+
+    def get_num_bytes(self, batch: Sequence[Region]) -> int:
+        return sum(region.crop.nbytes for region in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "ClassifyRegions"

@@ -1,0 +1,60 @@
+"""The bundled default models: named ``bundled:<path>`` so that the same option value finds
+them on the launcher and on every worker, wherever the package is installed there."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "BUNDLED_PREFIX",
+    "DEFAULT_CLASSIFIER",
+    "DEFAULT_CLASSIFIER_LABELS",
+    "DEFAULT_DETECTOR",
+    "DEFAULT_DETECTOR_LABEL_MAP",
+    "local_model_path",
+    "resolve_model_path",
+]
+
+BUNDLED_PREFIX = "bundled:"
+DEFAULT_DETECTOR = "bundled:detector/saved_model"
+DEFAULT_DETECTOR_LABEL_MAP = "bundled:detector/label_map.pbtxt"
+DEFAULT_CLASSIFIER = "bundled:classifier/classifier.keras"
+DEFAULT_CLASSIFIER_LABELS = "bundled:classifier/labels.txt"
+
+
+def resolve_model_path(path: str) -> str:
+    """Turns ``bundled:<path>`` into a path inside the installed ``models`` package; any other
+    path (local, ``gs://``, ``s3://``) is returned unchanged."""
+    if not path.startswith(BUNDLED_PREFIX):
+        return path
+    import models  # the data package shipped by setup.py
+
+    return os.path.join(os.path.dirname(os.path.abspath(models.__file__)),
+                        path[len(BUNDLED_PREFIX):])
+
+
+def local_model_path(path: str) -> str:
+    """A local path for the model at ``path``: bundled and local paths as they are; a model on
+    another Beam filesystem (``gs://``, ``s3://``) copied once to a local temporary folder,
+    since TensorFlow and Keras read only some of those filesystems themselves."""
+    path = resolve_model_path(path)
+    if "://" not in path or path.startswith("file://"):
+        return path
+    import tempfile
+
+    from apache_beam.io.filesystems import FileSystems
+
+    root = path.rstrip("/")
+    local_root = os.path.join(tempfile.mkdtemp(prefix="beam-detect-classify-"),
+                              root.rsplit("/", 1)[-1])
+    matches = FileSystems.match([root, root + "/**"])
+    found = {m.path for result in matches for m in result.metadata_list}
+    if not found:
+        raise FileNotFoundError(f"no model files at {path}")
+    for remote in sorted(found):
+        local = local_root if remote == root else os.path.join(local_root, remote[len(root) + 1:])
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with FileSystems.open(remote, compression_type="uncompressed") as src, \
+                open(local, "wb") as dst:
+            dst.write(src.read())
+    return local_root

@@ -1,0 +1,84 @@
+"""CropRegions: keep confident detections, turn them into clipped pixel boxes and crops."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import PredictionResult
+
+from transforms.detection import Detections
+from transforms.image_ops import clip_boxes, crop_box, normalized_to_pixels, pad_boxes, resize_to
+from transforms.image_ops import valid_boxes
+from transforms.records import STATUS_OK, ImageRow, Region
+
+__all__ = ["IMAGES_TAG", "METRICS_NAMESPACE", "CropRegionsFn", "select_regions"]
+
+METRICS_NAMESPACE = "beam_detect_classify"
+IMAGES_TAG = "images"
+
+
+def select_regions(detections: Detections, height: int, width: int, *, min_score: float,
+                   max_detections: int, padding: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Picks the detections to classify.
+
+    Returns ``(indices, pixel_boxes, dropped)``: indices into ``detections`` of the kept boxes,
+    highest score first (at most ``max_detections``), their padded and clipped pixel boxes, and
+    how many boxes above ``min_score`` were dropped as degenerate (NaN, inverted, zero area, or
+    entirely outside the image).
+    """
+    scores = np.nan_to_num(detections.scores, nan=-np.inf)
+    confident = np.flatnonzero(scores >= min_score)
+    confident = confident[np.argsort(-scores[confident], kind="stable")]
+    boxes = normalized_to_pixels(detections.boxes[confident], height, width)
+    boxes = clip_boxes(pad_boxes(boxes, padding), height, width)
+    valid = valid_boxes(boxes)
+    keep = confident[valid][:max_detections]
+    return keep, boxes[valid][:max_detections], int(np.count_nonzero(~valid))
+
+
+class CropRegionsFn(beam.DoFn):
+    """Turns one image's detections into Regions, and one ImageRow per image on ``images``.
+
+    A DoFn rather than a Map: it has two outputs (regions and the per-image row that the
+    images table is built from) and counts what it keeps and drops.
+    """
+
+    def __init__(self, *, min_score: float, max_detections: int, padding: float,
+                 crop_height: int, crop_width: int):
+        self._min_score = min_score
+        self._max_detections = max_detections
+        self._padding = padding
+        self._crop_size = (crop_height, crop_width)
+        self._detected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "regions_detected")
+        self._kept = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "regions_kept")
+        self._degenerate = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
+                                                        "regions_dropped_degenerate")
+        self._per_image = beam.metrics.Metrics.distribution(METRICS_NAMESPACE,
+                                                            "regions_per_image")
+        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_failed_detect")
+
+    def process(self, result: PredictionResult) -> Iterator[object]:
+        image, detections = result.example, result.inference
+        if detections.error is not None:
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(IMAGES_TAG, ImageRow.failed(
+                image.path, "detect", detections.error, width=image.width, height=image.height))
+            return
+        self._detected.inc(len(detections.scores))
+        keep, boxes, dropped = select_regions(
+            detections, image.height, image.width, min_score=self._min_score,
+            max_detections=self._max_detections, padding=self._padding)
+        self._degenerate.inc(dropped)
+        self._kept.inc(len(keep))
+        self._per_image.update(len(keep))
+        for roi_index, (index, box) in enumerate(zip(keep, boxes)):
+            crop = resize_to(crop_box(image.pixels, box), *self._crop_size)
+            yield Region(image_path=image.path, roi_index=roi_index,
+                         box=tuple(float(v) for v in box),
+                         detector_class_id=int(detections.classes[index]),
+                         detector_score=float(detections.scores[index]), crop=crop)
+        yield beam.pvalue.TaggedOutput(IMAGES_TAG, ImageRow(
+            image_path=image.path, status=STATUS_OK, width=image.width, height=image.height,
+            num_detections=len(keep)))

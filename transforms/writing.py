@@ -1,0 +1,115 @@
+"""WriteDetections and WriteImages: records to Parquet, one images row per input path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import PredictionResult
+
+from transforms.records import (
+    DETECTIONS_SCHEMA,
+    IMAGES_SCHEMA,
+    STATUS_ERROR,
+    STATUS_OK,
+    DetectionRow,
+    ImageRow,
+)
+
+__all__ = [
+    "CLASSIFY_FAILED_TAG",
+    "AccountImages",
+    "ToDetectionRowsFn",
+    "WriteParquetTable",
+    "finalize_image_row",
+]
+
+METRICS_NAMESPACE = "beam_detect_classify"
+CLASSIFY_FAILED_TAG = "classify_failed"
+PARQUET_CODEC = "zstd"
+
+
+class ToDetectionRowsFn(beam.DoFn):
+    """Joins a region with its classification into a DetectionRow; failures go to
+    ``classify_failed`` as ``(image_path, error)``."""
+
+    def __init__(self, *, labels: list[str], detector_labels: Optional[Mapping[int, str]],
+                 detector_model: str, classifier_model: str):
+        self._labels = list(labels)
+        self._detector_labels = dict(detector_labels or {})
+        self._detector_model = detector_model
+        self._classifier_model = classifier_model
+        self._classified = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "regions_classified")
+        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "regions_failed_classify")
+
+    def process(self, result: PredictionResult) -> Iterator[object]:
+        region, answer = result.example, result.inference
+        if answer.error is not None or not 0 <= answer.class_id < len(self._labels):
+            self._failed.inc()
+            error = answer.error or f"class index {answer.class_id} has no label"
+            yield beam.pvalue.TaggedOutput(CLASSIFY_FAILED_TAG, (region.image_path, error))
+            return
+        self._classified.inc()
+        ymin, xmin, ymax, xmax = region.box
+        yield DetectionRow(
+            image_path=region.image_path, roi_index=region.roi_index,
+            box_ymin=ymin, box_xmin=xmin, box_ymax=ymax, box_xmax=xmax,
+            detector_class_id=region.detector_class_id,
+            detector_label=self._detector_labels.get(region.detector_class_id),
+            detector_score=region.detector_score, class_id=answer.class_id,
+            label=self._labels[answer.class_id], confidence=answer.confidence,
+            detector_model=self._detector_model, classifier_model=self._classifier_model,
+        ).to_dict()
+
+
+def finalize_image_row(rows: Iterable[ImageRow], classify_errors: Iterable[str]) -> ImageRow:
+    """The final images row for one path: its row from CropRegions, turned into a
+    ``classify`` error if any of its regions failed classification."""
+    row = next(iter(rows))
+    errors = list(classify_errors)
+    if row.status != STATUS_OK or not errors:
+        return row
+    return dataclasses.replace(
+        row, status=STATUS_ERROR, error_stage="classify",
+        error=f"{len(errors)} of {row.num_detections} regions failed: {errors[0]}"[:1000],
+        num_detections=row.num_detections - len(errors))
+
+
+class AccountImages(beam.PTransform):
+    """Builds the images table: failed rows pass through, rows of detected images wait for
+    their regions' classification outcome (a keyed join on the image path)."""
+
+    def __init__(self, failed_rows: list[beam.PCollection]):
+        super().__init__()
+        self._failed_rows = failed_rows
+
+    def expand(self, pcolls):
+        detected_rows, classify_failed = pcolls
+        joined = (
+            {
+                "rows": detected_rows | "KeyRows" >> beam.Map(lambda row: (row.image_path, row)),
+                "errors": classify_failed,
+            }
+            | "JoinOutcomes" >> beam.CoGroupByKey()
+            | "FinalRow" >> beam.MapTuple(
+                lambda _, grouped: finalize_image_row(grouped["rows"], grouped["errors"])))
+        return (tuple(self._failed_rows) + (joined,)) | "AllImageRows" >> beam.Flatten()
+
+
+class WriteParquetTable(beam.PTransform):
+    """Writes dict rows as a compressed Parquet dataset ``OUTPUT/<table>/part-*.parquet``."""
+
+    def __init__(self, output: str, table: str, *, num_shards: int = 0):
+        super().__init__()
+        self._prefix = FileSystems.join(output, table, "part")
+        self._schema = {"detections": DETECTIONS_SCHEMA, "images": IMAGES_SCHEMA}[table]
+        self._num_shards = num_shards
+
+    def expand(self, rows):
+        return rows | beam.io.WriteToParquet(
+            self._prefix, self._schema, codec=PARQUET_CODEC, file_name_suffix=".parquet",
+            num_shards=self._num_shards)
