@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# ./run_local.sh [pipeline flags...]   set up .venv, make sample images, run the job locally
+# ./run_local.sh test [pytest args...] set up .venv and run the tests
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+STAMP="$VENV/.requirements.sha256"
+
+setup_venv() {
+  local want
+  want=$(sha256sum requirements.lock setup.py | sha256sum | cut -d' ' -f1)
+  if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+    return
+  fi
+  echo "Setting up $VENV (pinned versions from requirements.lock; about a minute)..." >&2
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -r requirements.lock
+  "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
+  echo "$want" > "$STAMP"
+}
+
+setup_venv
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+
+if [ "${1:-}" = "test" ]; then
+  shift
+  exec "$VENV/bin/python" -m pytest "$@"
+fi
+
+SAMPLES=${SAMPLES:-data/sample}
+if [ ! -f "$SAMPLES/annotations.json" ]; then
+  echo "Generating 24 sample wafer images in $SAMPLES ..." >&2
+  "$VENV/bin/python" -m training.generate --output "$SAMPLES" --num_images 24 --seed 7
+fi
+exec "$VENV/bin/python" -m beam_pipeline --input "$SAMPLES/images" --output output/sample \
+  --overwrite "$@"
