@@ -1,0 +1,235 @@
+"""Score the pipeline's Parquet detections against COCO ground truth.
+
+Usage::
+
+    python -m training.evaluate --detections OUTPUT --annotations DIR/annotations.json
+
+``--detections`` is the pipeline's output folder (``OUTPUT/detections/`` is read), the detections
+folder itself, or one Parquet file. Rows are matched to COCO images by the basename of
+``image_path`` and ``file_name``; every image of the annotations counts (an image with no rows has
+only misses).
+
+Metrics:
+
+* ``ap``, ``ap50``, ``ap75``: class-agnostic COCO box AP (faster-coco-eval) with
+  ``detector_score`` as the score. Rows the classifier labelled ``background`` are rejections and
+  are left out, unless ``--include_background``.
+* ``per_class``: COCO AP per defect type using the classifier's ``label`` as the class and
+  ``detector_score * confidence`` as the score (same row filter).
+* ``detector_label_accuracy`` / ``classifier_label_accuracy``: over detections matched to a
+  ground-truth box (IoU >= 0.5, greedy by ``detector_score``, one detection per box), the fraction
+  whose label equals the ground-truth category name. All rows take part here, ``background`` ones
+  included: calling a real defect background is a classifier error. The detector's label is
+  ``detector_label``, or when null the ``--label_map`` name of ``detector_class_id``.
+
+The last line printed is one JSON object with all figures. No TensorFlow needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from typing import Any, Optional, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+__all__ = ["BACKGROUND", "evaluate", "greedy_match", "load_detections", "read_label_map"]
+
+BACKGROUND = "background"
+MATCH_IOU = 0.5
+
+
+def load_detections(path: str) -> pa.Table:
+    """Read detections from an output folder, a detections folder or one Parquet file."""
+    if os.path.isdir(os.path.join(path, "detections")):
+        path = os.path.join(path, "detections")
+    if os.path.isfile(path):
+        return pq.read_table(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no detections at {path}")
+    # Beam's sinks may name shards without a suffix; its temp folders start with '.' or '_'
+    # and pyarrow.dataset skips those by default.
+    return ds.dataset(path, format="parquet").to_table()
+
+
+def read_label_map(path: str) -> dict[int, str]:
+    """Parse the ``id`` -> ``name`` pairs of an OD API ``label_map.pbtxt``."""
+    with open(path) as f:
+        text = f.read()
+    names = {}
+    for item in re.findall(r"item\s*\{(.*?)\}", text, flags=re.S):
+        m_id = re.search(r"\bid\s*:\s*(\d+)", item)
+        m_name = re.search(r"\bname\s*:\s*['\"]([^'\"]*)['\"]", item)
+        if m_id and m_name:
+            names[int(m_id.group(1))] = m_name.group(1)
+    return names
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of [N,4] and [M,4] boxes in COCO [x, y, w, h]."""
+    ax2, ay2 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
+    bx2, by2 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    iw = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(ay2[:, None], by2[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def greedy_match(det_boxes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray,
+                 iou_threshold: float = MATCH_IOU) -> list[tuple[int, int]]:
+    """Match detections (highest score first) to the free GT box of highest IoU >= threshold."""
+    if len(det_boxes) == 0 or len(gt_boxes) == 0:
+        return []
+    ious = _iou_matrix(np.asarray(det_boxes, float), np.asarray(gt_boxes, float))
+    taken = np.zeros(len(gt_boxes), bool)
+    pairs = []
+    for d in np.argsort(-np.asarray(scores), kind="stable"):
+        row = np.where(taken, -1.0, ious[d])
+        g = int(np.argmax(row))
+        if row[g] >= iou_threshold:
+            taken[g] = True
+            pairs.append((int(d), g))
+    return pairs
+
+
+def _coco_eval(gt: dict, results: list[dict]) -> Any:
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    coco_gt = COCO(gt)
+    coco_dt = coco_gt.loadRes(results) if results else coco_gt.loadRes([])
+    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return ev
+
+
+def _ap_from_precision(precision: np.ndarray) -> float:
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else float("nan")
+
+
+def evaluate(detections: Union[str, pa.Table], annotations: Union[str, dict], *,
+             include_background: bool = False,
+             label_map: Optional[dict[int, str]] = None) -> dict[str, Any]:
+    """Compute the metrics described in the module docstring; returns them as a dict."""
+    table = load_detections(detections) if isinstance(detections, str) else detections
+    if isinstance(annotations, str):
+        with open(annotations) as f:
+            annotations = json.load(f)
+    cats = {c["id"]: c["name"] for c in annotations["categories"]}
+    cat_by_name = {v: k for k, v in cats.items()}
+    image_id = {os.path.basename(im["file_name"]): im["id"] for im in annotations["images"]}
+    rows = table.to_pydict()
+    n = table.num_rows
+    img_ids = [image_id.get(os.path.basename(p)) for p in rows["image_path"]]
+    boxes = np.stack([rows["box_xmin"], rows["box_ymin"],
+                      np.subtract(rows["box_xmax"], rows["box_xmin"]),
+                      np.subtract(rows["box_ymax"], rows["box_ymin"])], 1).astype(float) \
+        if n else np.zeros((0, 4))
+    known = [i for i in range(n) if img_ids[i] is not None]
+    kept = [i for i in known if include_background or rows["label"][i] != BACKGROUND]
+
+    # Class-agnostic AP: every GT and detection becomes one "defect" category.
+    agnostic_gt = {"images": annotations["images"], "categories": [{"id": 1, "name": "defect"}],
+                   "annotations": [dict(a, category_id=1) for a in annotations["annotations"]]}
+    results = [{"image_id": img_ids[i], "category_id": 1, "bbox": boxes[i].tolist(),
+                "score": float(rows["detector_score"][i])} for i in kept]
+    ev = _coco_eval(agnostic_gt, results)
+    stats = ev.stats_as_dict
+    metrics: dict[str, Any] = {"ap": stats["AP_all"], "ap50": stats["AP_50"],
+                               "ap75": stats["AP_75"], "ar100": stats["AR_third"]}
+
+    # Per-class AP with the classifier's label as the class.
+    per_class_results = [
+        {"image_id": img_ids[i], "category_id": cat_by_name[rows["label"][i]],
+         "bbox": boxes[i].tolist(),
+         "score": float(rows["detector_score"][i]) * float(rows["confidence"][i])}
+        for i in kept if rows["label"][i] in cat_by_name]
+    ev_cls = _coco_eval(annotations, per_class_results)
+    precision = ev_cls.eval["precision"]  # [iou, recall, class, area, maxdets]
+    per_class = {}
+    for k, cat_id in enumerate(ev_cls.params.catIds):
+        per_class[cats[cat_id]] = {"ap": _ap_from_precision(precision[:, :, k, 0, -1]),
+                                   "ap50": _ap_from_precision(precision[0, :, k, 0, -1])}
+    metrics["per_class"] = per_class
+    metrics["mean_class_ap"] = float(np.nanmean([v["ap"] for v in per_class.values()])) \
+        if per_class else float("nan")
+
+    # Label accuracy over GT-matched detections (all rows, background included).
+    gt_by_image: dict[int, list[dict]] = {}
+    for a in annotations["annotations"]:
+        gt_by_image.setdefault(a["image_id"], []).append(a)
+    det_by_image: dict[int, list[int]] = {}
+    for i in known:
+        det_by_image.setdefault(img_ids[i], []).append(i)
+    det_correct = cls_correct = matched = 0
+    for img, idx in det_by_image.items():
+        gts = gt_by_image.get(img, [])
+        pairs = greedy_match(boxes[idx], np.asarray(rows["detector_score"])[idx],
+                             np.array([g["bbox"] for g in gts], float).reshape(-1, 4))
+        for d, g in pairs:
+            i, truth = idx[d], cats[gts[g]["category_id"]]
+            det_label = rows["detector_label"][i]
+            if det_label is None and label_map:
+                det_label = label_map.get(rows["detector_class_id"][i])
+            matched += 1
+            det_correct += det_label == truth
+            cls_correct += rows["label"][i] == truth
+    metrics.update({
+        "detector_label_accuracy": det_correct / matched if matched else float("nan"),
+        "classifier_label_accuracy": cls_correct / matched if matched else float("nan"),
+        "matched": matched,
+        "num_images": len(annotations["images"]),
+        "num_images_with_detections": len(det_by_image),
+        "num_gt": len(annotations["annotations"]),
+        "num_rows": n,
+        "num_rows_unknown_image": n - len(known),
+        "num_detections_scored": len(kept),
+        "num_background": sum(rows["label"][i] == BACKGROUND for i in known),
+        "include_background": include_background,
+    })
+    return metrics
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """Human-readable summary of ``evaluate``'s result."""
+    lines = [f"{'metric':<28}{'value':>10}"]
+    for key in ("ap", "ap50", "ap75", "ar100", "mean_class_ap", "detector_label_accuracy",
+                "classifier_label_accuracy"):
+        lines.append(f"{key:<28}{metrics[key]:>10.4f}")
+    for key in ("num_images", "num_images_with_detections", "num_gt", "num_rows",
+                "num_detections_scored", "num_background", "matched", "num_rows_unknown_image"):
+        lines.append(f"{key:<28}{metrics[key]:>10d}")
+    lines.append(f"{'class':<28}{'AP':>10}{'AP50':>10}")
+    for name, v in metrics["per_class"].items():
+        lines.append(f"{name:<28}{v['ap']:>10.4f}{v['ap50']:>10.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--detections", required=True,
+                        help="Pipeline output folder, its detections/ folder, or a Parquet file.")
+    parser.add_argument("--annotations", required=True, help="COCO annotations.json.")
+    parser.add_argument("--include_background", action="store_true",
+                        help="Score rows labelled 'background' in AP too (default: rejected).")
+    parser.add_argument("--label_map", default=None,
+                        help="Detector label_map.pbtxt, to name detector_class_id when "
+                             "detector_label is null.")
+    args = parser.parse_args(argv)
+    label_map = read_label_map(args.label_map) if args.label_map else None
+    metrics = evaluate(args.detections, args.annotations,
+                       include_background=args.include_background, label_map=label_map)
+    print(format_table(metrics))
+    print(json.dumps(metrics, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
