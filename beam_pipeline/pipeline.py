@@ -47,7 +47,11 @@ class JobConfig:
 def _failed_batch_to_errors(failed) -> list[tuple[str, str]]:
     """A classifier batch that raised: every region in it fails, with the exception's text."""
     batch, exc = failed
-    return [(region.image_path, f"{type(exc).__name__}: {exc}"[:500]) for region in batch]
+    if isinstance(exc, tuple) and len(exc) >= 2:  # Beam passes (type, repr, traceback)
+        message = str(exc[1])
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    return [(region.image_path, message[:500]) for region in batch]
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:

@@ -119,3 +119,10 @@ def test_pipeline_multi_processing_gives_identical_rows(models_dir, image_dir, t
     # At most one load per worker process per model.
     assert 1 <= metrics["DetectObjects.load_model_latency_milli_secs.count"] <= 2
     assert 1 <= metrics["ClassifyRegions.load_model_latency_milli_secs.count"] <= 2
+
+
+def test_pipeline_with_one_model_copy_shared_across_processes(models_dir, image_dir, tmp_path):
+    # --model_copies makes Beam serve the models from one process through a proxy.
+    metrics = run(_args(models_dir, image_dir, tmp_path / "shared", "--model_copies=1"))
+    _check_run(tmp_path / "shared", image_dir, models_dir)
+    assert metrics["regions_classified"] == 9

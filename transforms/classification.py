@@ -86,6 +86,20 @@ class ClassifierModel:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self._fn(batch).numpy()
 
+    def classify(self, crops: Sequence[np.ndarray], preprocess_mode: str) -> np.ndarray:
+        """Class probabilities ``[N, classes]`` for uint8 RGB crops, in one compiled call.
+
+        A method rather than handler code, so it also works through the proxy Beam uses when
+        one model copy is shared by several processes (``--model_copies``).
+        """
+        height, width = self.input_height, self.input_width
+        batch = np.stack([crop if crop.shape[:2] == (height, width)
+                          else resize_to(crop, height, width) for crop in crops])
+        if self.channels == 1:
+            # ITU-R 601 luma, as cv2.COLOR_RGB2GRAY.
+            batch = (batch @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        return to_probabilities(self(preprocess(batch, preprocess_mode)))
+
 
 class KerasClassifierModelHandler(ModelHandler[Region, PredictionResult, ClassifierModel]):
     """Loads a classifier once per worker process and classifies crops in fixed-size batches.
@@ -111,14 +125,8 @@ class KerasClassifierModelHandler(ModelHandler[Region, PredictionResult, Classif
     def run_inference(self, batch: Sequence[Region], model: ClassifierModel,
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
-        height, width = model.input_height, model.input_width
-        crops = np.stack([
-            region.crop if region.crop.shape[:2] == (height, width)
-            else resize_to(region.crop, height, width) for region in batch])
-        if model.channels == 1:
-            # ITU-R 601 luma, as cv2.COLOR_RGB2GRAY.
-            crops = (crops @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-        probabilities = to_probabilities(model(preprocess(crops, self._preprocess_mode)))
+        probabilities = model.classify([region.crop for region in batch],
+                                       self._preprocess_mode)
         results = []
         for region, row in zip(batch, probabilities):
             if not np.all(np.isfinite(row)):
