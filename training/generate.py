@@ -165,9 +165,9 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / (aw * ah + bw * bh - inter + 1e-9)
 
 
-def render_image(seed: int, index: int, width: int = 512,
-                 height: int = 512) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Render one image.
+def render_image(seed: int, index: int, width: int = 512, height: int = 512, *,
+                 max_defects: int = MAX_DEFECTS) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Render one image (``max_defects`` above the default only to densify training data).
 
     Returns:
         (RGB uint8 ``[height, width, 3]``, list of ``{"bbox": [x, y, w, h], "category_id": k}``).
@@ -175,9 +175,9 @@ def render_image(seed: int, index: int, width: int = 512,
     rng = np.random.default_rng([seed, index])
     image, substrate, metal_color = _die_pattern(rng, height, width)
     objects: list[dict[str, Any]] = []
-    n_target = int(rng.integers(0, MAX_DEFECTS + 1))
+    n_target = int(rng.integers(0, max_defects + 1))
     attempts = 0
-    while len(objects) < n_target and attempts < 4 * MAX_DEFECTS:
+    while len(objects) < n_target and attempts < 4 * max_defects:
         attempts += 1
         cat = int(rng.integers(1, 6))
         stamp, color, mode = _STAMPS[cat](rng)
