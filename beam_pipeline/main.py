@@ -8,6 +8,7 @@ import time
 from typing import Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_pipeline.options import DetectClassifyOptions
@@ -23,6 +24,9 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     does not report them). Raises ConfigError before any work on a configuration mistake."""
     options = PipelineOptions(list(argv) if argv is not None else None)
     job = options.view_as(DetectClassifyOptions)
+    # Validation reads models, manifests and the output folder before a Pipeline exists (which
+    # is what normally hands the options to the filesystems): s3:// needs its endpoint and keys.
+    FileSystems.set_options(options)
     config = validate(job)
     start = time.monotonic()
     pipeline = beam.Pipeline(options=options)

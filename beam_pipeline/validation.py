@@ -17,6 +17,7 @@ from transforms.model_files import (
     DEFAULT_DETECTOR,
     DEFAULT_DETECTOR_LABEL_MAP,
     local_model_path,
+    model_exists,
     resolve_model_path,
 )
 from transforms.reading import resolve_input
@@ -31,7 +32,7 @@ class ConfigError(ValueError):
 
 
 def _exists(path: str) -> bool:
-    return FileSystems.exists(resolve_model_path(path))
+    return model_exists(path)
 
 
 def _check_numbers(opts: DetectClassifyOptions) -> None:

@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_DETECTOR",
     "DEFAULT_DETECTOR_LABEL_MAP",
     "local_model_path",
+    "model_exists",
     "resolve_model_path",
 ]
 
@@ -31,6 +32,20 @@ def resolve_model_path(path: str) -> str:
 
     return os.path.join(os.path.dirname(os.path.abspath(models.__file__)),
                         path[len(BUNDLED_PREFIX):])
+
+
+def model_exists(path: str) -> bool:
+    """Whether a model file or folder is at ``path``. Object stores (``gs://``, ``s3://``) have
+    no folders, only keys under a prefix: a SavedModel folder there exists when it holds files.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    path = resolve_model_path(path)
+    if FileSystems.exists(path):
+        return True
+    if "://" not in path or path.startswith("file://"):
+        return False
+    return bool(FileSystems.match([path.rstrip("/") + "/*"], limits=[1])[0].metadata_list)
 
 
 def local_model_path(path: str) -> str:
