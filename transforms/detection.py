@@ -45,8 +45,16 @@ class Detections:
 
 def parse_detections(outputs: dict[str, Any], index: int) -> Detections:
     """Takes entry ``index`` of a batch of OD API outputs, keeping only the first
-    ``num_detections`` rows; extra output keys are ignored."""
-    boxes = np.asarray(outputs["detection_boxes"][index], dtype=np.float32).reshape(-1, 4)
+    ``num_detections`` rows; extra output keys are ignored.
+
+    Values are passed on as the model gave them (NaN scores and boxes are dropped and counted
+    by ``select_regions``); a non-finite class id becomes 0. Raises ValueError when the boxes
+    are not ``[N, 4]``, which fails this image at the ``detect`` stage.
+    """
+    boxes = np.asarray(outputs["detection_boxes"][index], dtype=np.float32)
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"detection_boxes has shape {list(boxes.shape)} per image; an OD API "
+                         "detector returns [N, 4] (ymin, xmin, ymax, xmax)")
     scores = np.asarray(outputs["detection_scores"][index], dtype=np.float32).reshape(-1)
     classes = np.asarray(outputs["detection_classes"][index], dtype=np.float32).reshape(-1)
     count = min(len(boxes), len(scores), len(classes))
@@ -54,7 +62,8 @@ def parse_detections(outputs: dict[str, Any], index: int) -> Detections:
         declared = float(np.asarray(outputs["num_detections"]).reshape(-1)[index])
         if np.isfinite(declared):
             count = min(count, max(int(declared), 0))
-    classes = np.nan_to_num(classes[:count], nan=0.0)
+    classes = classes[:count]
+    classes = np.where(np.isfinite(classes) & (np.abs(classes) < 2**31 - 1), classes, 0.0)
     return Detections(boxes[:count], scores[:count], np.rint(classes).astype(np.int32))
 
 
@@ -77,7 +86,7 @@ class DetectorModel:
             raise ValueError(f"{path}: '{SIGNATURE_NAME}' takes {sorted(inputs)}; "
                              "expected exactly one uint8 image tensor (input_tensor)")
         (self.input_key, spec), = inputs.items()
-        if spec.dtype != tf.uint8 or spec.shape.rank != 4:
+        if spec.dtype != tf.uint8 or spec.shape.rank != 4 or spec.shape[3] not in (3, None):
             raise ValueError(f"{path}: input '{self.input_key}' is {spec.dtype.name} "
                              f"{spec.shape}; expected uint8 [batch, height, width, 3]")
         self.batchable = spec.shape[0] is None

@@ -15,6 +15,7 @@ __all__ = [
     "clip_boxes",
     "crop_box",
     "decode_image",
+    "image_format",
     "image_size_from_header",
     "normalized_to_pixels",
     "pad_boxes",
@@ -77,23 +78,116 @@ def _webp_size(data: bytes) -> Optional[tuple[int, int]]:
     return None
 
 
+def _tiff_size(data: bytes) -> Optional[tuple[int, int]]:
+    order = "<" if data[:2] == b"II" else ">"
+    (magic,) = struct.unpack(order + "H", data[2:4])
+    if magic == 42:  # classic TIFF: 4-byte offsets, 12-byte entries
+        count_fmt, entry_size, value_at = "H", 12, 8
+        (offset,) = struct.unpack(order + "I", data[4:8])
+    elif magic == 43 and len(data) >= 16:  # BigTIFF: 8-byte offsets, 20-byte entries
+        count_fmt, entry_size, value_at = "Q", 20, 12
+        (offset,) = struct.unpack(order + "Q", data[8:16])
+    else:
+        return None
+    count_size = struct.calcsize(count_fmt)
+    if offset + count_size > len(data):
+        return None
+    (count,) = struct.unpack(order + count_fmt, data[offset:offset + count_size])
+    size: dict[int, int] = {}
+    pos = offset + count_size
+    for _ in range(min(count, 4096)):
+        if pos + entry_size > len(data):
+            break
+        tag, kind = struct.unpack(order + "HH", data[pos:pos + 4])
+        if tag in (256, 257) and kind in (3, 4, 16):  # ImageWidth, ImageLength: SHORT/LONG/LONG8
+            fmt = {3: "H", 4: "I", 16: "Q"}[kind]
+            (size[tag],) = struct.unpack_from(order + fmt, data, pos + value_at)
+        pos += entry_size
+    if 256 in size and 257 in size:
+        return size[256], size[257]
+    return None
+
+
+def _pnm_size(data: bytes) -> Optional[tuple[int, int]]:
+    if data[1:2] == b"7":  # PAM: WIDTH and HEIGHT lines before ENDHDR
+        header = data[:1024].split(b"ENDHDR", 1)[0]
+        fields = dict(line.split(None, 1) for line in header.splitlines()[1:]
+                      if len(line.split(None, 1)) == 2)
+        try:
+            return int(fields[b"WIDTH"]), int(fields[b"HEIGHT"])
+        except (KeyError, ValueError):
+            return None
+    numbers: list[int] = []
+    for line in data[2:1024].splitlines():
+        for token in line.split(b"#", 1)[0].split():
+            if not token.isdigit():
+                return None
+            numbers.append(int(token))
+            if len(numbers) == 2:
+                return numbers[0], numbers[1]
+    return None
+
+
+def image_format(data: bytes) -> Optional[str]:
+    """The image format named by the first bytes (``PNG``, ``JPEG``, ``GIF``, ``BMP``,
+    ``WebP``, ``TIFF``, ``PNM``), or None."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:2] == b"\xff\xd8":
+        return "JPEG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:2] == b"BM":
+        return "BMP"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if data[:1] == b"P" and data[1:2] in b"1234567" and data[2:3].isspace():
+        return "PNM"
+    return None
+
+
 def image_size_from_header(data: bytes) -> Optional[tuple[int, int]]:
-    """Returns ``(width, height)`` read from a PNG, JPEG, GIF, BMP or WebP header, else None.
+    """Returns ``(width, height)`` read from a PNG, JPEG, GIF, BMP, WebP, TIFF (first page) or
+    PNM header, else None.
 
     Only the first bytes are parsed, so a decompression bomb is caught before it is decoded.
+    Other formats OpenCV reads (JPEG 2000, OpenEXR, Radiance HDR, Sun raster) are guarded by
+    OpenCV's own limit (``CV_IO_MAX_IMAGE_PIXELS``, 2**30 pixels) and the check after decoding.
     """
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data[:2] == b"\xff\xd8":
-        return _jpeg_size(data)
-    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
-        return struct.unpack("<HH", data[6:10])
-    if data[:2] == b"BM" and len(data) >= 26:
-        width, height = struct.unpack("<ii", data[18:26])
-        return abs(width), abs(height)
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return _webp_size(data)
+    kind = image_format(data)
+    try:
+        if kind == "PNG" and len(data) >= 24:
+            return struct.unpack(">II", data[16:24])
+        if kind == "JPEG":
+            return _jpeg_size(data)
+        if kind == "GIF" and len(data) >= 10:
+            return struct.unpack("<HH", data[6:10])
+        if kind == "BMP" and len(data) >= 26:
+            width, height = struct.unpack("<ii", data[18:26])
+            return abs(width), abs(height)
+        if kind == "WebP":
+            return _webp_size(data)
+        if kind == "TIFF":
+            return _tiff_size(data)
+        if kind == "PNM":
+            return _pnm_size(data)
+    except struct.error:  # a header cut short
+        return None
     return None
+
+
+def _not_an_image_hint(data: bytes) -> str:
+    head = data[:16]
+    for magic, name in ((b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"),
+                        (b"\x1f\x8b", "gzip data"), (b"<", "HTML or XML text"),
+                        (b"{", "JSON text")):
+        if head.lstrip().startswith(magic):
+            return f"it looks like {name}"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "it looks like text"
+    return f"it starts with {head!r}"
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -107,19 +201,25 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
     """
     if not data:
         raise DecodeError("file is empty (0 bytes)")
+    kind = image_format(data)
     size = image_size_from_header(data)
     if size is not None and size[0] * size[1] > max_pixels:
         raise DecodeError(
-            f"image header says {size[0]}x{size[1]} = {size[0] * size[1]} pixels, over the "
-            f"limit of {max_pixels} (raise --max_image_pixels to process it)")
+            f"{kind} header says {size[0]}x{size[1]} = {size[0] * size[1]} pixels, over the "
+            f"limit of {max_pixels} (a decompression bomb, or raise --max_image_pixels to "
+            "process it)")
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
         pixels = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB)
     except cv2.error as exc:
         raise DecodeError(f"OpenCV could not decode it: {str(exc).strip()}") from exc
     if pixels is None or pixels.size == 0:
-        kind = "truncated or corrupt image" if size is not None else "not a supported image format"
-        raise DecodeError(f"{kind}: OpenCV could not decode {len(data)} bytes")
+        if kind is None:
+            raise DecodeError(
+                f"not a supported image format ({_not_an_image_hint(data)}); expected PNG, "
+                "JPEG, WebP, BMP, TIFF, GIF or PNM")
+        raise DecodeError(f"truncated or corrupt {kind}: OpenCV could not decode its "
+                          f"{len(data)} bytes (copy or export the file again)")
     if pixels.shape[0] * pixels.shape[1] > max_pixels:
         raise DecodeError(
             f"decoded image is {pixels.shape[1]}x{pixels.shape[0]} pixels, over the limit of "

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
 import posixpath
+import stat
 from collections.abc import Iterator
 from typing import Optional
 
@@ -22,6 +24,7 @@ __all__ = [
     "InputSpec",
     "ReadAndDecodeFn",
     "ReadImagePaths",
+    "max_file_bytes",
     "parse_manifest_line",
     "resolve_input",
 ]
@@ -116,6 +119,45 @@ class ReadImagePaths(beam.PTransform):
         return paths | "DistinctPaths" >> beam.Distinct() | "SpreadPaths" >> beam.Reshuffle()
 
 
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file worth reading for an image of at most ``max_pixels``: 8 bytes a pixel
+    (uncompressed 16-bit RGBA TIFF) plus 16 MiB of metadata. Larger files are refused before
+    they are read into a worker's memory."""
+    return max_pixels * 8 + (16 << 20)
+
+
+def _local_file_problem(path: str) -> Optional[str]:
+    """Why a local path cannot be read as a file, or None (remote paths are not checked).
+
+    Checked before opening: opening a FIFO blocks until something writes to it, which would
+    hang the job rather than fail one image.
+    """
+    if "://" in path and not path.startswith("file://"):
+        return None
+    local = path[len("file://"):] if path.startswith("file://") else path
+    try:
+        mode = os.stat(local).st_mode
+    except FileNotFoundError:
+        if os.path.islink(local):
+            return f"it is a symbolic link to {os.readlink(local)!r}, which does not exist"
+        return "file not found (moved or deleted after it was listed?); check the path"
+    except OSError as exc:
+        return f"cannot stat the file: {type(exc).__name__}: {exc}"
+    if stat.S_ISDIR(mode):
+        return "it is a folder, not a file; list the images inside it instead"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device); copy the image to a file"
+    return None
+
+
+def _read_error_message(exc: Exception) -> str:
+    if isinstance(exc, PermissionError):
+        return f"permission denied: the job's user cannot read it; fix its permissions ({exc})"
+    if isinstance(exc, FileNotFoundError):
+        return f"file not found (moved or deleted after it was listed?): {exc}"
+    return f"cannot read the file: {type(exc).__name__}: {exc}"
+
+
 class ReadAndDecodeFn(beam.DoFn):
     """Reads and decodes one path; any failure becomes an ImageRow on ``failed``.
 
@@ -132,15 +174,29 @@ class ReadAndDecodeFn(beam.DoFn):
                                                            "images_failed_decode")
         self._bytes = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "image_bytes")
 
+    def _read_bytes(self, path: str) -> bytes:
+        problem = _local_file_problem(path)
+        if problem is not None:
+            raise _ReadError(problem)
+        limit = max_file_bytes(self._max_pixels)
+        try:
+            with FileSystems.open(path, compression_type="uncompressed") as handle:
+                data = handle.read(limit + 1)
+        except Exception as exc:  # pylint: disable=broad-except
+            raise _ReadError(_read_error_message(exc)) from exc
+        if len(data) > limit:
+            raise _ReadError(f"file is over {limit} bytes, more than any image within "
+                             f"--max_image_pixels={self._max_pixels} needs")
+        return data
+
     def process(self, path: str) -> Iterator[object]:
         self._read.inc()
         try:
-            with FileSystems.open(path, compression_type="uncompressed") as handle:
-                data = handle.read()
-        except Exception as exc:  # pylint: disable=broad-except
+            data = self._read_bytes(path)
+        except _ReadError as exc:
             self._failed_read.inc()
-            yield beam.pvalue.TaggedOutput(FAILED_TAG, ImageRow.failed(
-                path, "read", f"cannot read the file: {type(exc).__name__}: {exc}"[:1000]))
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, ImageRow.failed(path, "read",
+                                                                       str(exc)[:1000]))
             return
         self._bytes.update(len(data))
         try:
@@ -151,3 +207,7 @@ class ReadAndDecodeFn(beam.DoFn):
             return
         self._decoded.inc()
         yield DecodedImage(path, pixels)
+
+
+class _ReadError(Exception):
+    """A path that cannot be read; the message is written to the images table."""

@@ -25,17 +25,23 @@ def select_regions(detections: Detections, height: int, width: int, *, min_score
 
     Returns ``(indices, pixel_boxes, dropped)``: indices into ``detections`` of the kept boxes,
     highest score first (at most ``max_detections``), their padded and clipped pixel boxes, and
-    how many boxes above ``min_score`` were dropped as degenerate (NaN, inverted, zero area, or
-    entirely outside the image).
+    how many detections were dropped as degenerate: a NaN or infinite score, or a box above
+    ``min_score`` with a NaN or infinite coordinate, inverted, of zero area, or entirely
+    outside the image. Boxes partly outside the image are clipped to it.
     """
-    scores = np.nan_to_num(detections.scores, nan=-np.inf)
+    scores = np.asarray(detections.scores, dtype=np.float32)
+    finite_score = np.isfinite(scores)
+    scores = np.where(finite_score, scores, -np.inf)
     confident = np.flatnonzero(scores >= min_score)
     confident = confident[np.argsort(-scores[confident], kind="stable")]
-    boxes = normalized_to_pixels(detections.boxes[confident], height, width)
-    boxes = clip_boxes(pad_boxes(boxes, padding), height, width)
-    valid = valid_boxes(boxes)
+    raw = np.asarray(detections.boxes, dtype=np.float32).reshape(-1, 4)[confident]
+    with np.errstate(over="ignore", invalid="ignore"):  # huge boxes overflow, then clip
+        boxes = clip_boxes(pad_boxes(normalized_to_pixels(raw, height, width), padding),
+                           height, width)
+    valid = valid_boxes(boxes) & np.all(np.isfinite(raw), axis=1)
     keep = confident[valid][:max_detections]
-    return keep, boxes[valid][:max_detections], int(np.count_nonzero(~valid))
+    dropped = int(np.count_nonzero(~valid)) + int(np.count_nonzero(~finite_score))
+    return keep, boxes[valid][:max_detections], dropped
 
 
 class CropRegionsFn(beam.DoFn):
