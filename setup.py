@@ -21,14 +21,18 @@ setup(
     packages=find_packages(include=["beam_pipeline", "beam_pipeline.*", "transforms",
                                     "transforms.*", "models", "training", "training.*"]),
     package_data={
+        # Everything the trainers write into models/ (tests/test_packaging.py checks that each
+        # file committed there is in the wheel and the sdist that --setup_file ships).
         "models": [
-            "README.md",
+            "*.md",
             "detector/*.pbtxt",
+            "detector/*.json",
             "detector/saved_model/*.pb",
             "detector/saved_model/variables/*",
             "detector/saved_model/assets/*",
             "classifier/*.keras",
             "classifier/*.txt",
+            "classifier/*.json",
         ],
     },
     install_requires=INSTALL_REQUIRES,
