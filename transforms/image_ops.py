@@ -212,6 +212,9 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
     try:
         pixels = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB)
     except cv2.error as exc:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            raise DecodeError("image is larger than OpenCV's own limit of 2**30 pixels "
+                              "(CV_IO_MAX_IMAGE_PIXELS)") from exc
         raise DecodeError(f"OpenCV could not decode it: {str(exc).strip()}") from exc
     if pixels is None or pixels.size == 0:
         if kind is None:

@@ -186,7 +186,8 @@ class ReadAndDecodeFn(beam.DoFn):
             raise _ReadError(_read_error_message(exc)) from exc
         if len(data) > limit:
             raise _ReadError(f"file is over {limit} bytes, more than any image within "
-                             f"--max_image_pixels={self._max_pixels} needs")
+                             f"--max_image_pixels={self._max_pixels} needs (raise that option if "
+                             "it is a real image)")
         return data
 
     def process(self, path: str) -> Iterator[object]:
