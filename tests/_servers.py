@@ -1,4 +1,4 @@
-"""Helpers for tests that start a local server process: a free port, a bounded wait, a clean stop."""
+"""Tests that start a local server: a free port, a bounded wait, a clean stop."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 __all__ = ["free_port", "start_server", "stop_server", "venv_env"]
 
@@ -40,13 +40,12 @@ def _listening(port: int) -> bool:
 
 
 def start_server(command: Sequence[str], port: int, log_path: Path, *, timeout: float = 30.0,
-                 env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
     """Starts ``command`` in its own process group and waits (at most ``timeout`` s) until it
     listens on ``port``; raises RuntimeError with the log's tail if it dies or never listens."""
-    log = open(log_path, "wb")  # pylint: disable=consider-using-with
-    process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT,
-                               env=env or venv_env(), start_new_session=True)
-    log.close()
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT,
+                                   env=env or venv_env(), start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -126,7 +126,7 @@ def test_package_ships_every_model_file_git_tracks(wheel_names):
     except (OSError, subprocess.SubprocessError):
         pytest.skip("no git checkout")
     missing = sorted(set(tracked) - wheel_names)
-    assert not missing, f"committed under models/ but not packaged (setup.py package_data): {missing}"
+    assert not missing, f"committed under models/, not packaged (package_data): {missing}"
 
 
 def test_wheel_has_no_tests_or_local_data(wheel_names):
@@ -136,7 +136,7 @@ def test_wheel_has_no_tests_or_local_data(wheel_names):
 
 # --- Containers -----------------------------------------------------------------------------
 
-def _python_and_beam() -> str:
+def _python_and_beam() -> tuple[str, str]:
     return f"{sys.version_info.major}.{sys.version_info.minor}", apache_beam.__version__
 
 
@@ -144,7 +144,7 @@ def test_worker_dockerfile_matches_the_launchers_python_and_beam():
     python, beam = _python_and_beam()
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(rf"^FROM apache/beam_python{python}_sdk:{re.escape(beam)}\s*$",
-                     dockerfile, re.M), "worker image must match this Python and Beam version"
+                     dockerfile, re.MULTILINE), "the worker image must match Python and Beam"
     lock = (ROOT / "requirements.lock").read_text()
     assert f"apache-beam=={beam}" in lock
     assert "requirements.lock" in dockerfile and "pip install --no-deps /tmp/src" in dockerfile
@@ -155,13 +155,14 @@ def test_flex_template_dockerfile_points_at_real_files():
     python, _ = _python_and_beam()
     assert re.search(
         rf"^FROM gcr.io/dataflow-templates-base/python{python.replace('.', '')}"
-        r"-template-launcher-base", dockerfile, re.M)
+        r"-template-launcher-base", dockerfile, re.MULTILINE)
     env = dict(re.findall(r'^ENV (FLEX_TEMPLATE_PYTHON_\w+)="\$\{WORKDIR\}/([^"]+)"', dockerfile,
-                          re.M))
+                          re.MULTILINE))
     assert set(env) == {"FLEX_TEMPLATE_PYTHON_PY_FILE", "FLEX_TEMPLATE_PYTHON_SETUP_FILE"}
     for path in env.values():
         assert (ROOT / path).is_file(), path
-        assert re.search(rf"^COPY .*\b{re.escape(path.split('/')[0])}\b", dockerfile, re.M), path
+        top = re.escape(path.split("/")[0])
+        assert re.search(rf"^COPY .*\b{top}\b", dockerfile, re.MULTILINE), path
 
 
 def test_dockerignore_keeps_what_the_images_need():

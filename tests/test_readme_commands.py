@@ -17,7 +17,7 @@ from beam_pipeline.options import DetectClassifyOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-FENCE = re.compile(r"^[ \t]*```[a-z]*[ \t]*\n(.*?)^[ \t]*```", re.S | re.M)
+FENCE = re.compile(r"^[ \t]*```[a-z]*[ \t]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
 # $VAR, ${VAR} and $(command): the values are the reader's, so any word stands in.
 SHELL_EXPANSION = re.compile(r"\$\{\w+\}|\$\(.*?\)|\$\w+")
 
@@ -140,7 +140,8 @@ def test_readme_flex_template_parameters_are_declared():
     # gcloud's --parameters=name=value pairs: each a template parameter or a Beam option.
     metadata = json.loads((ROOT / "flex_template" / "metadata.json").read_text())
     declared = {param["name"] for param in metadata["parameters"]}
-    beam_flags = {action.dest for action in _beam_parser()._actions}  # pylint: disable=protected-access
+    actions = _beam_parser()._actions  # pylint: disable=protected-access
+    beam_flags = {action.dest for action in actions}
     runs = _commands(README.read_text(encoding="utf-8"), "flex-template run")
     assert runs, "no gcloud dataflow flex-template run command in the README"
     for words in runs:
@@ -152,7 +153,8 @@ def test_readme_flex_template_parameters_are_declared():
 
 
 def test_a_misspelt_flag_in_a_readme_block_fails():
-    text = ("Intro\n\n```bash\n.venv/bin/python -m beam_pipeline \\\n  --input 'gs://b/x/*.jpg' \\\n"
+    text = ("Intro\n\n```bash\n.venv/bin/python -m beam_pipeline \\\n"
+            "  --input 'gs://b/x/*.jpg' \\\n"
             "  --output=gs://$BUCKET/out --job_name=\"run-$(date +%s)\" \\\n"
             "  --max_detection=5   # one letter short\n```\n")
     (words,) = _commands(text, "-m beam_pipeline")
