@@ -41,8 +41,9 @@ def _regions(pixels: np.ndarray, outputs: dict) -> tuple[np.ndarray, np.ndarray]
     scores = outputs["detection_scores"][0][:count]
     order = np.flatnonzero(scores >= MIN_SCORE)
     order = order[np.argsort(-scores[order], kind="stable")]
-    boxes = clip_boxes(normalized_to_pixels(outputs["detection_boxes"][0][order], *pixels.shape[:2]),
-                       *pixels.shape[:2])
+    height, width = pixels.shape[:2]
+    boxes = normalized_to_pixels(outputs["detection_boxes"][0][order], height, width)
+    boxes = clip_boxes(boxes, height, width)
     valid = valid_boxes(boxes)
     return order[valid], boxes[valid]
 

@@ -1,4 +1,4 @@
-"""The pipeline benchmark runs end to end on tiny inputs and prints its table (no timings checked)."""
+"""The pipeline benchmark runs end to end on tiny inputs and prints its table (no timing checks)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_pipeline_benchmark_prints_table(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.pipeline_benchmark", "--images", "3", "--tiny",
-         "--rows", "ac", "--out", str(tmp_path)],
+         "--rows", "c", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "(a) limit" in result.stdout
     assert "(c) pipeline, DirectRunner in process" in result.stdout
     assert "images/s" in result.stdout
