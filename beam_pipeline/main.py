@@ -10,11 +10,13 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.pipeline import build_pipeline
 from beam_pipeline.summary import collect_metrics, format_summary
 from beam_pipeline.validation import ConfigError, validate
+from transforms.writing import delete_tables, write_success_marker
 
 __all__ = ["main", "run"]
 
@@ -31,8 +33,16 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     start = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception:
+        # WriteDetections may have finished before a later stage failed: remove what this run
+        # wrote, so nothing in --output looks like a finished run's table.
+        delete_tables(config.output)
+        raise
+    if result.state == PipelineState.DONE:  # not when a launcher returns without waiting
+        write_success_marker(config.output)
     values = collect_metrics(result)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     if values or runner in ("DirectRunner", "direct"):

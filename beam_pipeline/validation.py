@@ -20,11 +20,15 @@ from transforms.model_files import (
     model_exists,
     resolve_model_path,
 )
-from transforms.reading import resolve_input
+from transforms.reading import (
+    IMAGE_EXTENSIONS,
+    InputSpec,
+    first_manifest_path,
+    resolve_input,
+)
+from transforms.writing import SUCCESS_MARKER, TABLES, delete_tables
 
-__all__ = ["ConfigError", "check_output", "validate"]
-
-TABLES = ("detections", "images")
+__all__ = ["ConfigError", "check_input", "check_output", "validate"]
 
 
 class ConfigError(ValueError):
@@ -46,21 +50,28 @@ def _check_numbers(opts: DetectClassifyOptions) -> None:
         raise ConfigError(f"--classifier_batch_size={opts.classifier_batch_size} must be >= 1")
     if opts.max_image_pixels < 1:
         raise ConfigError(f"--max_image_pixels={opts.max_image_pixels} must be >= 1")
+    if opts.model_copies < 0 or opts.num_shards < 0:
+        raise ConfigError("--model_copies and --num_shards must be 0 (the default) or more")
 
 
 def check_output(output: str, *, overwrite: bool) -> None:
-    """Refuses an output folder that holds an earlier run's tables (unless ``overwrite``, which
-    deletes them) and proves the folder is writable by writing and deleting a probe file."""
+    """Refuses an output folder that holds an earlier run's tables, complete or not (unless
+    ``overwrite``) and proves the folder is writable by writing and deleting a probe file.
+
+    Nothing is deleted here: ``validate`` deletes the earlier tables only once every other check
+    has passed, so a configuration mistake never costs an earlier run's results.
+    """
     existing = [FileSystems.join(output, t) for t in TABLES
                 if FileSystems.match([FileSystems.join(output, t, "*")])[0].metadata_list]
     if existing and not overwrite:
-        raise ConfigError(f"--output {output} already holds a run's tables ({', '.join(existing)}); "
-                          "pass --overwrite to replace them, or choose another --output")
-    if existing:
-        FileSystems.delete(existing)
+        complete = FileSystems.exists(FileSystems.join(output, SUCCESS_MARKER))
+        state = "finished" if complete else f"unfinished, no {SUCCESS_MARKER}"
+        raise ConfigError(f"--output {output} already holds a run's tables ({state}: "
+                          f"{', '.join(existing)}); pass --overwrite to replace them, or "
+                          "choose another --output")
     probe = FileSystems.join(output, f".write-probe-{uuid.uuid4().hex}")
     try:
-        if "://" not in output:
+        if _is_local(output):
             os.makedirs(output, exist_ok=True)
         with FileSystems.create(probe) as handle:
             handle.write(b"ok")
@@ -68,6 +79,49 @@ def check_output(output: str, *, overwrite: bool) -> None:
     except Exception as exc:  # pylint: disable=broad-except
         raise ConfigError(f"--output {output} is not writable ({type(exc).__name__}: {exc}); "
                           "fix its permissions or choose another folder") from exc
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+_FOLDER_SAMPLE = 10_000
+
+
+def check_input(opts_input: str) -> InputSpec:
+    """Resolves ``--input`` and checks that it names at least one image (a manifest: that it
+    exists and names at least one path), so a typo fails here rather than as an empty run."""
+    if not opts_input.strip():
+        raise ConfigError("--input is empty; pass a glob, a folder or a manifest file")
+    lowered = opts_input.lower()
+    if lowered.endswith((".txt", ".csv", ".manifest")) and not FileSystems.exists(opts_input):
+        raise ConfigError(f"--input manifest {opts_input} does not exist; check the path")
+    try:
+        spec = resolve_input(opts_input)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"--input {opts_input}: {str(exc).splitlines()[0]}") from exc
+    if spec.kind == "manifest":
+        if not FileSystems.exists(spec.location):
+            raise ConfigError(f"--input manifest {spec.location} does not exist; check the path")
+        if first_manifest_path(spec) is None:
+            raise ConfigError(f"--input manifest {spec.location} names no paths (only blank or "
+                              "# lines); put one image path per line")
+        return spec
+    # A folder is listed up to _FOLDER_SAMPLE names, enough to find an image in any real one.
+    found = FileSystems.match([spec.location], limits=[_FOLDER_SAMPLE if spec.only_images else 1])
+    paths = [m.path for m in found[0].metadata_list]
+    if spec.only_images:
+        if not paths:
+            raise ConfigError(f"--input {opts_input} is not a folder with files, nor a glob or "
+                              "manifest (.txt/.csv); check the path")
+        if len(paths) < _FOLDER_SAMPLE and not any(
+                path.lower().endswith(IMAGE_EXTENSIONS) for path in paths):
+            raise ConfigError(f"--input folder {opts_input} has no image files "
+                              f"({' '.join(IMAGE_EXTENSIONS)}); pass a glob such as "
+                              f"'{opts_input.rstrip('/')}/*.<ext>' for other names")
+    elif not paths:
+        raise ConfigError(f"--input {opts_input} matches no files; check the path and pattern")
+    return spec
 
 
 def _detector_labels(opts: DetectClassifyOptions) -> Optional[dict[int, str]]:
@@ -98,6 +152,11 @@ def _classifier_labels_path(opts: DetectClassifyOptions) -> str:
     return beside
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
 def validate(opts: DetectClassifyOptions) -> JobConfig:
     """Checks options, models, labels and output, and returns the graph's configuration.
 
@@ -108,26 +167,26 @@ def validate(opts: DetectClassifyOptions) -> JobConfig:
     from transforms.detection import DetectorModel
 
     _check_numbers(opts)
+    spec = check_input(opts.input)
     for flag, path in (("--detector_model", opts.detector_model),
                        ("--classifier_model", opts.classifier_model)):
         if not _exists(path):
             raise ConfigError(f"{flag} {path} does not exist; pass the path of your model")
-    try:
-        spec = resolve_input(opts.input)
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"--input {opts.input}: {exc}") from exc
-    if spec.kind == "manifest" and not FileSystems.exists(spec.location):
-        raise ConfigError(f"--input manifest {spec.location} does not exist")
     detector_labels = _detector_labels(opts)
     labels_path = _classifier_labels_path(opts)
     if not _exists(labels_path):
         raise ConfigError(f"--classifier_labels {labels_path} does not exist")
-    labels = read_labels(resolve_model_path(labels_path))
+    try:
+        labels = read_labels(resolve_model_path(labels_path))
+    except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(f"--classifier_labels {labels_path} cannot be read as UTF-8 text, one "
+                          f"label per line: {str(exc).splitlines()[0]}") from exc
+    check_output(opts.output, overwrite=opts.overwrite)
     try:
         DetectorModel(local_model_path(opts.detector_model))
     except Exception as exc:  # pylint: disable=broad-except
         raise ConfigError(f"--detector_model {opts.detector_model} is not a usable OD API "
-                          f"SavedModel: {str(exc).splitlines()[0]}") from exc
+                          f"SavedModel: {_first_line(exc)}") from exc
     try:
         classifier = ClassifierModel(local_model_path(opts.classifier_model),
                                      safe_mode=not opts.unsafe_keras_deserialization)
@@ -135,7 +194,7 @@ def validate(opts: DetectClassifyOptions) -> JobConfig:
         hint = (" (it uses Lambda layers: pass --unsafe_keras_deserialization if you trust it)"
                 if "Lambda" in str(exc) or "safe_mode" in str(exc) else "")
         raise ConfigError(f"--classifier_model {opts.classifier_model} cannot be loaded as an "
-                          f"image classifier: {str(exc).splitlines()[0]}{hint}") from exc
+                          f"image classifier: {_first_line(exc)}{hint}") from exc
     if classifier.input_height is None or classifier.input_width is None:
         raise ConfigError(f"--classifier_model {opts.classifier_model} has no fixed input size "
                           "(height/width None); export it with a fixed input shape")
@@ -143,7 +202,8 @@ def validate(opts: DetectClassifyOptions) -> JobConfig:
         raise ConfigError(f"--classifier_labels {labels_path} has {len(labels)} labels but the "
                           f"classifier has {classifier.num_classes} outputs; give one label per "
                           "output, in order")
-    check_output(opts.output, overwrite=opts.overwrite)
+    if opts.overwrite:  # every check passed: now the earlier run's tables may go
+        delete_tables(opts.output)
     return JobConfig(
         input=spec, output=opts.output, detector_model=opts.detector_model,
         classifier_model=opts.classifier_model, classifier_labels=tuple(labels),

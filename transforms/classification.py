@@ -57,9 +57,20 @@ class ClassifierModel:
 
         if os.path.isdir(path) or not path.endswith((".keras", ".h5", ".hdf5")):
             self._owner = tf.saved_model.load(path)
-            signature = self._owner.signatures["serving_default"]
+            signatures = getattr(self._owner, "signatures", {})
+            if "serving_default" not in signatures:
+                raise ValueError(f"{path} has no 'serving_default' signature (found "
+                                 f"{sorted(signatures)}); save the classifier as .keras or "
+                                 "export it with model.export()")
+            signature = signatures["serving_default"]
             inputs = signature.structured_input_signature[1]
+            if len(inputs) != 1:
+                raise ValueError(f"{path}: 'serving_default' takes {sorted(inputs)}; expected "
+                                 "one float32 image batch")
             (input_key, spec), = inputs.items()
+            if spec.dtype != tf.float32:
+                raise ValueError(f"{path}: input '{input_key}' is {spec.dtype.name}; expected "
+                                 "float32 (crops are scaled by --classifier_preprocess)")
             (self._output_key, _), = sorted(signature.structured_outputs.items())[:1]
             shape = spec.shape
 
@@ -69,6 +80,9 @@ class ClassifierModel:
             import keras
 
             self._owner = keras.models.load_model(path, compile=False, safe_mode=safe_mode)
+            if len(self._owner.inputs) != 1:
+                raise ValueError(f"{path}: the model has {len(self._owner.inputs)} inputs; "
+                                 "expected one image batch")
             shape = tf.TensorShape(self._owner.inputs[0].shape)
 
             def call(x):
@@ -81,7 +95,11 @@ class ClassifierModel:
         self._fn = tf.function(
             call, input_signature=[tf.TensorSpec([None, shape[1], shape[2], shape[3]],
                                                  tf.float32)])
-        self.num_classes = int(self._fn.get_concrete_function().structured_outputs.shape[-1])
+        output_shape = self._fn.get_concrete_function().structured_outputs.shape
+        if output_shape.rank != 2 or output_shape[-1] is None:
+            raise ValueError(f"{path}: classifier output is {output_shape}; expected one row of "
+                             "class scores per image, [batch, classes]")
+        self.num_classes = int(output_shape[-1])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self._fn(batch).numpy()

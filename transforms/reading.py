@@ -24,6 +24,7 @@ __all__ = [
     "InputSpec",
     "ReadAndDecodeFn",
     "ReadImagePaths",
+    "first_manifest_path",
     "max_file_bytes",
     "parse_manifest_line",
     "resolve_input",
@@ -83,6 +84,20 @@ def parse_manifest_line(line: str, *, base: str, csv_column: Optional[int]) -> O
     if "://" in path or posixpath.isabs(path) or not base:
         return path
     return FileSystems.join(base, path)
+
+
+def first_manifest_path(spec: InputSpec) -> Optional[str]:
+    """The first path a manifest names, or None; reads only as far as that line."""
+    with FileSystems.open(spec.location, compression_type="uncompressed") as handle:
+        lines = io.TextIOWrapper(handle, encoding="utf-8", errors="replace")
+        if spec.csv_column is not None:
+            next(lines, None)  # the header
+        base = posixpath.dirname(spec.location)
+        for line in lines:
+            path = parse_manifest_line(line, base=base, csv_column=spec.csv_column)
+            if path is not None:
+                return path
+    return None
 
 
 def _has_image_extension(path: str) -> bool:

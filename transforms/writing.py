@@ -22,15 +22,22 @@ from transforms.records import (
 
 __all__ = [
     "CLASSIFY_FAILED_TAG",
+    "SUCCESS_MARKER",
+    "TABLES",
     "AccountImages",
     "ToDetectionRowsFn",
     "WriteParquetTable",
+    "delete_tables",
     "finalize_image_row",
+    "write_success_marker",
 ]
 
 METRICS_NAMESPACE = "beam_detect_classify"
 CLASSIFY_FAILED_TAG = "classify_failed"
 PARQUET_CODEC = "zstd"
+TABLES = ("detections", "images")
+# Written into --output after both tables are final; its absence means the run did not finish.
+SUCCESS_MARKER = "_SUCCESS"
 
 
 class ToDetectionRowsFn(beam.DoFn):
@@ -113,3 +120,31 @@ class WriteParquetTable(beam.PTransform):
         return rows | beam.io.WriteToParquet(
             self._prefix, self._schema, codec=PARQUET_CODEC, file_name_suffix=".parquet",
             num_shards=self._num_shards)
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def delete_tables(output: str) -> None:
+    """Deletes the tables (final files and any temporary files) and the success marker of a
+    run in ``output``; what is not there is skipped."""
+    for table in TABLES:
+        folder = FileSystems.join(output, table)
+        if _is_local(output):
+            if FileSystems.exists(folder):
+                FileSystems.delete([folder])
+            continue
+        # Object stores have no folders: delete every object under the prefix.
+        found = [m.path for m in FileSystems.match([folder + "/**"])[0].metadata_list]
+        if found:
+            FileSystems.delete(found)
+    marker = FileSystems.join(output, SUCCESS_MARKER)
+    if FileSystems.exists(marker):
+        FileSystems.delete([marker])
+
+
+def write_success_marker(output: str) -> None:
+    """Marks ``output`` as holding the complete tables of a finished run."""
+    with FileSystems.create(FileSystems.join(output, SUCCESS_MARKER)) as handle:
+        handle.write(b"complete\n")  # not empty: S3 refuses an upload with no parts
