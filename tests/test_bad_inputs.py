@@ -127,13 +127,18 @@ def _error(name: str, write: Callable[[str], None], stage: str, message: str) ->
     return Case(name, write, "error", stage, message, size=None)
 
 
-_PNG = lambda: _cv2_bytes(".png", _painted())  # noqa: E731
-_JPEG = lambda: _cv2_bytes(".jpg", _painted(), (cv2.IMWRITE_JPEG_QUALITY, 95))  # noqa: E731
+def _png() -> bytes:
+    return _cv2_bytes(".png", _painted())
+
+
+def _jpeg() -> bytes:
+    return _cv2_bytes(".jpg", _painted(), (cv2.IMWRITE_JPEG_QUALITY, 95))
+
 
 CASES = [
     # Odd but valid: processed, in the upright orientation, 8-bit RGB.
-    _ok("plain.png", _PNG),
-    _ok("really a png.jpg", _PNG),  # wrong extension: decoded by content
+    _ok("plain.png", _png),
+    _ok("really a png.jpg", _png),  # wrong extension: decoded by content
     _ok("gray.png", lambda: _cv2_bytes(".png", cv2.cvtColor(_painted(), cv2.COLOR_RGB2GRAY)),
         colors=False),
     _ok("sixteen_bit.png", lambda: _cv2_bytes(".png", _painted().astype(np.uint16) * 257)),
@@ -156,12 +161,12 @@ CASES = [
         size=(1, 5000), colors=False),
     _ok("5000_by_one.png", lambda: _cv2_bytes(".png", np.zeros((1, 5000, 3), np.uint8)),
         size=(5000, 1), colors=False),
-    _ok("spaces and ünïcödé 日本.png", _PNG),
+    _ok("spaces and ünïcödé 日本.png", _png),
     # Broken or hostile: one error row each, with the stage and a reason.
     _error("empty.png", _bytes(lambda: b""), "decode", "file is empty"),
-    _error("truncated.jpg", _bytes(lambda: _JPEG()[:len(_JPEG()) // 2]), "decode",
+    _error("truncated.jpg", _bytes(lambda: _jpeg()[:len(_jpeg()) // 2]), "decode",
            "truncated or corrupt JPEG"),
-    _error("truncated.png", _bytes(lambda: _PNG()[:len(_PNG()) // 2]), "decode",
+    _error("truncated.png", _bytes(lambda: _png()[:len(_png()) // 2]), "decode",
            "truncated or corrupt PNG"),
     _error("notes.jpg", _bytes(lambda: b"shot list for lot 7\nwafer 3: re-image\n"), "decode",
            "not a supported image format (it looks like text)"),
@@ -206,8 +211,9 @@ def corpus(tmp_path_factory):
     for case in CASES:
         case.write(str(images / case.name))
     lines = [str(images / case.name) for case in CASES]
-    # Duplicates: the same file twice, once by a path relative to the manifest's folder.
-    lines += [str(images / "plain.png"), "images/plain.png", "# a comment", ""]
+    # Duplicates: the same file again, also by paths relative to the manifest's folder.
+    lines += [str(images / "plain.png"), "images/plain.png", "./images/../images/plain.png",
+              "# a comment", ""]
     (root / "manifest.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
 
@@ -277,7 +283,7 @@ def test_bomb_over_a_raised_limit_is_still_refused_by_opencvs_own_limit():
 
 def test_read_refuses_file_larger_than_any_allowed_image(tmp_path):
     path = tmp_path / "huge.png"
-    path.write_bytes(_PNG() + b"\0" * 20_000_000)  # 16 MiB of metadata slack + 8 B/pixel
+    path.write_bytes(_png() + b"\0" * 20_000_000)  # 16 MiB of metadata slack + 8 B/pixel
     (out,) = list(ReadAndDecodeFn(max_pixels=100).process(str(path)))
     assert out.tag == FAILED_TAG
     assert out.value.error_stage == "read"

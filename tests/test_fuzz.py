@@ -128,6 +128,6 @@ def test_select_regions_never_raises_and_keeps_boxes_inside(height, width, detec
 def test_non_finite_and_degenerate_boxes_are_dropped(box):
     found = Detections(np.array([box], np.float32), np.array([0.9], np.float32),
                        np.ones(1, np.int32))
-    keep, pixels, dropped = select_regions(found, 10, 10, min_score=0.5, max_detections=5,
+    keep, _, dropped = select_regions(found, 10, 10, min_score=0.5, max_detections=5,
                                            padding=0.0)
     assert (len(keep), dropped) == (0, 1)

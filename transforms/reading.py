@@ -81,9 +81,13 @@ def parse_manifest_line(line: str, *, base: str, csv_column: Optional[int]) -> O
     path = line.strip()
     if not path or path.startswith("#"):
         return None
-    if "://" in path or posixpath.isabs(path) or not base:
+    if "://" in path or not base:
         return path
-    return FileSystems.join(base, path)
+    joined = path if posixpath.isabs(path) else FileSystems.join(base, path)
+    if "://" in joined:
+        return joined
+    # Local paths normalized, so that "./a.png" and "/data/a.png" are one path for Distinct.
+    return posixpath.normpath(joined)
 
 
 def first_manifest_path(spec: InputSpec) -> Optional[str]:
