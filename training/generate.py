@@ -83,6 +83,10 @@ def _stamp_particle(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, s
     axes = (max(1, int(r * rng.uniform(0.7, 1.0))), max(1, int(r * rng.uniform(0.7, 1.0))))
     cv2.ellipse(m, (int(c), int(c)), axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1,
                 cv2.LINE_AA)
+    # A rounded body with an off-centre highlight, unlike the flat floor of a void.
+    hy, hx = c + rng.uniform(-0.3, 0.3, 2) * r
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    m *= 0.6 + 0.7 * np.exp(-((yy - hy) ** 2 + (xx - hx) ** 2) / (2 * (0.45 * r) ** 2))
     color_shift = rng.uniform(0.35, 0.7) * rng.choice([-1.0, 1.0])
     return m, np.full(3, color_shift, np.float32), "add"
 
@@ -139,7 +143,7 @@ def _stamp_bridge(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str
 
 
 def _stamp_void(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
-    w, h = rng.uniform(12, 45), rng.uniform(12, 45)
+    w, h = rng.uniform(14, 45), rng.uniform(14, 45)
     size = int(max(w, h) * 1.5 + 6)
     m = np.zeros((size, size), np.float32)
     c = size / 2.0

@@ -42,7 +42,8 @@ def render_training_set(seed: int, num_images: int, size: int, max_defects: int
 
 
 def train(output: str, *, seed: int, num_images: int, size: int, epochs: int, batch_size: int,
-          learning_rate: float, base: int, max_defects: int) -> dict:
+          learning_rate: float, base: int, max_defects: int,
+          init_from: Optional[str] = None, keras_checkpoint: Optional[str] = None) -> dict:
     """Train, export to ``output/saved_model`` and write the label map; returns a summary."""
     import keras
     import tensorflow as tf
@@ -54,6 +55,8 @@ def train(output: str, *, seed: int, num_images: int, size: int, epochs: int, ba
     print(f"rendered {num_images} images of {size}x{size} in {t_data:.1f} s", flush=True)
 
     model = detector.build_model(base)
+    if init_from:  # warm start from a --keras_checkpoint of an earlier run
+        model.load_weights(init_from)
     print(f"parameters: {model.count_params()}", flush=True)
     steps_per_epoch = num_images // batch_size
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -92,6 +95,8 @@ def train(output: str, *, seed: int, num_images: int, size: int, epochs: int, ba
               f"size {sums[1] / steps_per_epoch:.3f} offset {sums[2] / steps_per_epoch:.3f} "
               f"({time.perf_counter() - te:.0f} s)", flush=True)
 
+    if keras_checkpoint:  # kept outside models/: only the SavedModel ships
+        model.save_weights(keras_checkpoint)
     saved_model = os.path.join(output, "saved_model")
     detector.export_saved_model(model, saved_model)
     with open(os.path.join(output, "label_map.pbtxt"), "w") as f:
@@ -101,7 +106,7 @@ def train(output: str, *, seed: int, num_images: int, size: int, epochs: int, ba
     assert check["detection_boxes"].shape == (1, detector.MAX_DETECTIONS, 4)
     summary = {"seed": seed, "num_images": num_images, "size": size, "epochs": epochs,
                "batch_size": batch_size, "learning_rate": learning_rate, "base": base,
-               "max_defects": max_defects,
+               "max_defects": max_defects, "init_from": init_from,
                "parameters": int(model.count_params()),
                "train_seconds": round(time.perf_counter() - t0, 1)}
     with open(os.path.join(output, "training_summary.json"), "w") as f:
@@ -121,12 +126,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--base", type=int, default=32, help="Channel width of the network.")
     parser.add_argument("--max_defects", type=int, default=10,
                         help="Defects per training image, up to (denser than the default 6).")
+    parser.add_argument("--init_from", default=None, help="Weights file to start from.")
+    parser.add_argument("--keras_checkpoint", default=None,
+                        help="Also save the trained weights here (*.weights.h5).")
     args = parser.parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
     print(json.dumps(train(args.output, seed=args.seed, num_images=args.num_images, size=args.size,
                            epochs=args.epochs, batch_size=args.batch_size,
                            learning_rate=args.learning_rate, base=args.base,
-                           max_defects=args.max_defects)))
+                           max_defects=args.max_defects, init_from=args.init_from,
+                           keras_checkpoint=args.keras_checkpoint)))
 
 
 if __name__ == "__main__":
