@@ -10,13 +10,12 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.runners.runner import PipelineState
 
-from beam_pipeline.options import DetectClassifyOptions
+from beam_pipeline.options import DetectClassifyOptions, unknown_flags
 from beam_pipeline.pipeline import build_pipeline
 from beam_pipeline.summary import collect_metrics, format_summary
 from beam_pipeline.validation import ConfigError, validate
-from transforms.writing import delete_tables, write_success_marker
+from transforms.writing import delete_tables
 
 __all__ = ["main", "run"]
 
@@ -24,8 +23,13 @@ __all__ = ["main", "run"]
 def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     """Runs the job with command-line ``argv``; returns its metrics (empty when the runner
     does not report them). Raises ConfigError before any work on a configuration mistake."""
-    options = PipelineOptions(list(argv) if argv is not None else None)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    options = PipelineOptions(argv)
     job = options.view_as(DetectClassifyOptions)
+    unknown = unknown_flags(argv)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {' '.join(unknown)}: check the spelling against "
+                          "'python -m beam_pipeline --help' and Beam's pipeline options")
     # Validation reads models, manifests and the output folder before a Pipeline exists (which
     # is what normally hands the options to the filesystems): s3:// needs its endpoint and keys.
     FileSystems.set_options(options)
@@ -41,8 +45,6 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
         # wrote, so nothing in --output looks like a finished run's table.
         delete_tables(config.output)
         raise
-    if result.state == PipelineState.DONE:  # not when a launcher returns without waiting
-        write_success_marker(config.output)
     values = collect_metrics(result)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     if values or runner in ("DirectRunner", "direct"):

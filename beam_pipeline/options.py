@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.classification import DEFAULT_CLASSIFIER_BATCH
 from transforms.image_ops import DEFAULT_MAX_IMAGE_PIXELS, PREPROCESS_MODES
 from transforms.model_files import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 
-__all__ = ["DetectClassifyOptions"]
+__all__ = ["DetectClassifyOptions", "unknown_flags"]
 
 
 class DetectClassifyOptions(PipelineOptions):
@@ -78,3 +80,28 @@ class DetectClassifyOptions(PipelineOptions):
         group.add_argument(
             "--num_shards", type=int, default=0,
             help="Parquet files per table (0 = let the runner decide).")
+
+
+class _ParserCaptured(Exception):
+    pass
+
+
+def unknown_flags(argv: Sequence[str]) -> list[str]:
+    """The words of ``argv`` that no registered option (the job's or Beam's) accepts.
+
+    Beam keeps or discards such flags with only a log warning, so ``--min_scor 0.3`` would run
+    with the default; the job refuses them instead. The parser is Beam's own (every
+    PipelineOptions subclass, abbreviations off), taken from ``get_all_options``' hook.
+    """
+    captured = {}
+
+    def capture(parser) -> None:
+        captured["parser"] = parser
+        raise _ParserCaptured
+
+    try:
+        PipelineOptions([]).get_all_options(add_extra_args_fn=capture)
+    except _ParserCaptured:
+        pass
+    _, unknown = captured["parser"].parse_known_args(list(argv))
+    return unknown

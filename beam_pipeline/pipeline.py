@@ -17,6 +17,7 @@ from transforms.writing import (
     AccountImages,
     ToDetectionRowsFn,
     WriteParquetTable,
+    write_success_marker,
 )
 
 __all__ = ["JobConfig", "build_pipeline"]
@@ -81,11 +82,18 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
          dead_letters.failed_inferences | "FailedBatches" >> beam.FlatMap(
              _failed_batch_to_errors))
         | "ClassifyFailures" >> beam.Flatten())
-    _ = rows.rows | "WriteDetections" >> WriteParquetTable(
+    detection_files = rows.rows | "WriteDetections" >> WriteParquetTable(
         config.output, "detections", num_shards=config.num_shards)
     image_rows = (regions[IMAGES_TAG], classify_failed) | "AccountImages" >> AccountImages(
         [decoded[FAILED_TAG]])
-    _ = (image_rows
-         | "ImageRowsToDicts" >> beam.Map(lambda row: row.to_dict())
-         | "WriteImages" >> WriteParquetTable(config.output, "images",
-                                              num_shards=config.num_shards))
+    image_files = (image_rows
+                   | "ImageRowsToDicts" >> beam.Map(lambda row: row.to_dict())
+                   | "WriteImages" >> WriteParquetTable(config.output, "images",
+                                                        num_shards=config.num_shards))
+    # The sinks emit their final file names only after renaming them, so this runs last, on
+    # the workers: the marker is right whether or not the launcher waits for the job.
+    _ = ((detection_files, image_files)
+         | "WrittenFiles" >> beam.Flatten()
+         | "CountFiles" >> beam.combiners.Count.Globally()
+         | "MarkComplete" >> beam.Map(lambda _, output: write_success_marker(output),
+                                      config.output))

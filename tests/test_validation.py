@@ -332,3 +332,12 @@ def test_check_output_names_an_unfinished_run(tmp_path):
         check_output(str(tmp_path), overwrite=False)
     check_output(str(tmp_path), overwrite=True)  # allowed; nothing deleted before validation ends
     assert (tmp_path / "images" / "part-00000-of-00001.parquet").exists()
+
+
+@pytest.mark.parametrize("flag", ["--min_scor=0.3", "--classifier_batchsize=8", "--runer=x"])
+def test_misspelt_flag_is_refused_before_any_work(flag, tmp_path):
+    from beam_pipeline.main import run
+
+    with pytest.raises(ConfigError, match="unknown option"):
+        run(["--input=nothing/*.png", f"--output={tmp_path / 'out'}", flag])
+    assert not (tmp_path / "out").exists()
