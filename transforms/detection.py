@@ -9,7 +9,7 @@ from typing import Any, Optional
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.model_files import keep_loaded, local_model_path, take_loaded
+from transforms.model_files import local_model_path
 from transforms.records import DecodedImage
 from transforms.tf_runtime import configure_tensorflow
 
@@ -70,7 +70,7 @@ def parse_detections(outputs: dict[str, Any], index: int) -> Detections:
 class DetectorModel:
     """A loaded OD API SavedModel: its ``serving_default`` signature and how to feed it."""
 
-    def __init__(self, path: str, *, keep_for_handler: bool = True):
+    def __init__(self, path: str):
         import tensorflow as tf
 
         # Keep the loaded object alive: the signature's variables belong to it.
@@ -95,8 +95,6 @@ class DetectorModel:
             raise ValueError(f"{path}: '{SIGNATURE_NAME}' lacks outputs {missing}; "
                              f"an OD API detector returns {list(OD_API_OUTPUT_KEYS)}")
         self._tf = tf
-        if keep_for_handler:  # validation's load, reused by an in-process handler
-            keep_loaded("detector", path, self)
 
     def _call(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self._fn(**{self.input_key: self._tf.constant(batch)})
@@ -134,8 +132,7 @@ class ObjectDetectionModelHandler(ModelHandler[DecodedImage, PredictionResult, D
 
     def load_model(self) -> DetectorModel:
         configure_tensorflow()
-        path = local_model_path(self._model_path)
-        return take_loaded("detector", path) or DetectorModel(path, keep_for_handler=False)
+        return DetectorModel(local_model_path(self._model_path))
 
     def run_inference(self, batch: Sequence[DecodedImage], model: DetectorModel,
                       inference_args: Optional[dict[str, Any]] = None

@@ -3,9 +3,8 @@ them on the launcher and on every worker, wherever the package is installed ther
 
 from __future__ import annotations
 
+import functools
 import os
-import threading
-from typing import Any, Optional
 
 __all__ = [
     "BUNDLED_PREFIX",
@@ -13,11 +12,9 @@ __all__ = [
     "DEFAULT_CLASSIFIER_LABELS",
     "DEFAULT_DETECTOR",
     "DEFAULT_DETECTOR_LABEL_MAP",
-    "keep_loaded",
     "local_model_path",
     "model_exists",
     "resolve_model_path",
-    "take_loaded",
 ]
 
 BUNDLED_PREFIX = "bundled:"
@@ -25,10 +22,6 @@ DEFAULT_DETECTOR = "bundled:detector/saved_model"
 DEFAULT_DETECTOR_LABEL_MAP = "bundled:detector/label_map.pbtxt"
 DEFAULT_CLASSIFIER = "bundled:classifier/classifier.keras"
 DEFAULT_CLASSIFIER_LABELS = "bundled:classifier/labels.txt"
-
-# The model of each kind loaded last in this process (by validation), until a handler takes it.
-_kept: dict[str, tuple[Any, Any]] = {}
-_kept_lock = threading.Lock()
 
 
 def resolve_model_path(path: str) -> str:
@@ -63,6 +56,13 @@ def local_model_path(path: str) -> str:
     path = resolve_model_path(path)
     if "://" not in path or path.startswith("file://"):
         return path
+    return _copy_to_local(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _copy_to_local(path: str) -> str:
+    """Copies a model from an object store once per process (validation and every later load
+    reuse the copy)."""
     import tempfile
 
     from apache_beam.io.filesystems import FileSystems
@@ -81,32 +81,3 @@ def local_model_path(path: str) -> str:
                 open(local, "wb") as dst:
             dst.write(src.read())
     return local_root
-
-
-def _fingerprint(path: str) -> Optional[tuple]:
-    target = os.path.join(path, "saved_model.pb") if os.path.isdir(path) else path
-    try:
-        stat = os.stat(target)
-    except OSError:
-        return None
-    return os.path.abspath(path), stat.st_mtime_ns, stat.st_size
-
-
-def keep_loaded(kind: str, path: str, model: Any) -> None:
-    """Keeps ``model``, just loaded from local ``path``, for ``take_loaded``: on the in-process
-    DirectRunner the handler then reuses what validation loaded instead of loading it again
-    (seconds of start-up for a detector). One model per kind; a newer one replaces it."""
-    fingerprint = _fingerprint(path)
-    if fingerprint is not None:
-        with _kept_lock:
-            _kept[kind] = (fingerprint, model)
-
-
-def take_loaded(kind: str, path: str) -> Optional[Any]:
-    """The model kept for ``kind`` if it came from the same, unchanged files, else None; either
-    way nothing is kept afterwards."""
-    with _kept_lock:
-        fingerprint, model = _kept.pop(kind, (None, None))
-    if model is None or fingerprint != _fingerprint(path):
-        return None
-    return model
