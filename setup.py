@@ -40,7 +40,7 @@ setup(
         "aws": ["apache-beam[aws]>=2.77.0,<2.78"],
         "gcp": ["apache-beam[gcp]>=2.77.0,<2.78"],
         "eval": ["faster-coco-eval>=1.6,<2"],
-        "test": ["pytest>=9,<10", "hypothesis>=6,<7", "moto[server]>=5,<6",
+        "test": ["pytest>=9,<10", "hypothesis>=6,<7", "moto[server]>=5,<6", "Pillow>=10",
                  "apache-beam[aws]>=2.77.0,<2.78", "faster-coco-eval>=1.6,<2"],
     },
     entry_points={"console_scripts": ["beam-detect-classify=beam_pipeline.main:main"]},
