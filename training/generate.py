@@ -104,8 +104,8 @@ def _stamp_scratch(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, st
     curve = (1 - t) ** 2 * pts[0] + 2 * (1 - t) * t * pts[1] + t ** 2 * pts[2]
     m = np.zeros((size, size), np.float32)
     cv2.polylines(m, [np.round(curve * 4).astype(np.int32)], False, 1.0,
-                  int(rng.integers(1, 3)), cv2.LINE_AA, shift=2)
-    color_shift = rng.uniform(0.3, 0.6) * rng.choice([-1.0, 1.0], p=[0.3, 0.7])
+                  int(rng.integers(2, 4)), cv2.LINE_AA, shift=2)
+    color_shift = rng.uniform(0.4, 0.7) * rng.choice([-1.0, 1.0], p=[0.3, 0.7])
     return m, np.full(3, color_shift, np.float32), "add"
 
 
@@ -121,7 +121,7 @@ def _stamp_stain(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]
     cv2.fillPoly(m, [np.round(poly).astype(np.int32)], 1.0, cv2.LINE_AA)
     m = cv2.GaussianBlur(m, (0, 0), r * 0.18)
     m = np.clip(m * 1.6, 0, 1)
-    tint = rng.uniform(-0.3, 0.3, size=3) + rng.uniform(0.12, 0.3) * rng.choice([-1.0, 1.0])
+    tint = rng.uniform(-0.3, 0.3, size=3) + rng.uniform(0.18, 0.35) * rng.choice([-1.0, 1.0])
     return m, tint.astype(np.float32), "add"
 
 
@@ -209,7 +209,10 @@ def render_image(seed: int, index: int, width: int = 512, height: int = 512, *,
         if mode == "add":
             region += a * color
         elif mode == "metal":
-            region[:] = region * (1 - a) + a * metal_color
+            # Excess metal: a little further from the substrate than the lines it shorts.
+            residue = np.clip(metal_color + 0.15 * (metal_color - substrate)
+                              / (np.abs(metal_color - substrate).max() + 1e-6), 0.0, 1.0)
+            region[:] = region * (1 - a) + a * residue
         else:  # void: pattern and film missing, a darker pit
             pit = substrate * rng.uniform(0.3, 0.6)
             region[:] = region * (1 - a) + a * pit
