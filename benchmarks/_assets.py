@@ -25,7 +25,6 @@ BOXES = np.array([
     [0.10, 0.60, 0.20, 0.70], [0.80, 0.10, 0.90, 0.20],
 ], np.float32)
 KEPT_REGIONS = 5
-CLASSIFIER_LABELS = ("particle", "scratch", "stain", "bridge", "void", "background")
 BUNDLED_CLASSIFIER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "models", "classifier")
 
@@ -110,25 +109,12 @@ def build_classifier(out: str) -> tuple[str, str]:
     path = os.path.join(out, "classifier", "classifier.keras")
     labels = os.path.join(out, "classifier", "labels.txt")
     if not os.path.exists(path):
-        import keras
-        from keras import layers
+        from training.train_classifier import LABELS, build_model
 
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        # The same layers as training/train_classifier.py's build_model.
-        inputs = keras.Input((64, 64, 3), name="crop")
-        x = inputs
-        for i, channels in enumerate((32, 64, 96, 128)):
-            x = layers.Conv2D(channels, 3, padding="same", use_bias=False)(x)
-            x = layers.BatchNormalization()(x)
-            x = layers.ReLU()(x)
-            if i < 3:
-                x = layers.MaxPooling2D()(x)
-        x = layers.GlobalAveragePooling2D()(x)
-        x = layers.Dropout(0.2)(x)
-        outputs = layers.Dense(len(CLASSIFIER_LABELS), activation="softmax")(x)
-        keras.Model(inputs, outputs).save(path)
+        build_model().save(path)  # random weights: timing only
         with open(labels, "w") as handle:
-            handle.write("\n".join(CLASSIFIER_LABELS) + "\n")
+            handle.write("\n".join(LABELS) + "\n")
     return path, labels
 
 
