@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from apache_beam.metrics.metric import MetricsFilter
 
+from transforms.records import METRICS_NAMESPACE
+
 __all__ = ["collect_metrics", "format_summary"]
 
 
@@ -18,7 +20,7 @@ def collect_metrics(result) -> dict[str, float]:
 
     def name_of(metric) -> str:
         namespace = metric.key.metric.namespace
-        prefix = "" if namespace == "beam_detect_classify" else namespace + "."
+        prefix = "" if namespace == METRICS_NAMESPACE else namespace + "."
         return prefix + metric.key.metric.name
 
     for metric in queried.get("counters", []):

@@ -16,12 +16,14 @@ from transforms.model_files import (
     DEFAULT_CLASSIFIER_LABELS,
     DEFAULT_DETECTOR,
     DEFAULT_DETECTOR_LABEL_MAP,
+    is_local_path,
     local_model_path,
     model_exists,
     resolve_model_path,
 )
 from transforms.reading import (
     IMAGE_EXTENSIONS,
+    MANIFEST_EXTENSIONS,
     InputSpec,
     first_manifest_path,
     resolve_input,
@@ -71,7 +73,7 @@ def check_output(output: str, *, overwrite: bool) -> None:
                           "choose another --output")
     probe = FileSystems.join(output, f".write-probe-{uuid.uuid4().hex}")
     try:
-        if _is_local(output):
+        if is_local_path(output):
             os.makedirs(output, exist_ok=True)
         with FileSystems.create(probe) as handle:
             handle.write(b"ok")
@@ -79,10 +81,6 @@ def check_output(output: str, *, overwrite: bool) -> None:
     except Exception as exc:  # pylint: disable=broad-except
         raise ConfigError(f"--output {output} is not writable ({type(exc).__name__}: {exc}); "
                           "fix its permissions or choose another folder") from exc
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
 
 
 _FOLDER_SAMPLE = 10_000
@@ -93,8 +91,7 @@ def check_input(opts_input: str) -> InputSpec:
     exists and names at least one path), so a typo fails here rather than as an empty run."""
     if not opts_input.strip():
         raise ConfigError("--input is empty; pass a glob, a folder or a manifest file")
-    lowered = opts_input.lower()
-    if lowered.endswith((".txt", ".csv", ".manifest")) and not FileSystems.exists(opts_input):
+    if opts_input.lower().endswith(MANIFEST_EXTENSIONS) and not FileSystems.exists(opts_input):
         raise ConfigError(f"--input manifest {opts_input} does not exist; check the path")
     try:
         spec = resolve_input(opts_input)

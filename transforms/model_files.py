@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_CLASSIFIER_LABELS",
     "DEFAULT_DETECTOR",
     "DEFAULT_DETECTOR_LABEL_MAP",
+    "is_local_path",
     "local_model_path",
     "model_exists",
     "resolve_model_path",
@@ -22,6 +23,12 @@ DEFAULT_DETECTOR = "bundled:detector/saved_model"
 DEFAULT_DETECTOR_LABEL_MAP = "bundled:detector/label_map.pbtxt"
 DEFAULT_CLASSIFIER = "bundled:classifier/classifier.keras"
 DEFAULT_CLASSIFIER_LABELS = "bundled:classifier/labels.txt"
+
+
+def is_local_path(path: str) -> bool:
+    """True for a path on this machine's disk (plain or ``file://``), False for ``gs://``,
+    ``s3://`` and other object stores."""
+    return "://" not in path or path.startswith("file://")
 
 
 def resolve_model_path(path: str) -> str:
@@ -44,7 +51,7 @@ def model_exists(path: str) -> bool:
     path = resolve_model_path(path)
     if FileSystems.exists(path):
         return True
-    if "://" not in path or path.startswith("file://"):
+    if is_local_path(path):
         return False
     return bool(FileSystems.match([path.rstrip("/") + "/*"], limits=[1])[0].metadata_list)
 
@@ -54,9 +61,7 @@ def local_model_path(path: str) -> str:
     another Beam filesystem (``gs://``, ``s3://``) copied once to a local temporary folder,
     since TensorFlow and Keras read only some of those filesystems themselves."""
     path = resolve_model_path(path)
-    if "://" not in path or path.startswith("file://"):
-        return path
-    return _copy_to_local(path)
+    return path if is_local_path(path) else _copy_to_local(path)
 
 
 @functools.lru_cache(maxsize=None)

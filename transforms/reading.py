@@ -16,11 +16,12 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.image_ops import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
-from transforms.records import DecodedImage, ImageRow
+from transforms.records import METRICS_NAMESPACE, DecodedImage, ImageRow
 
 __all__ = [
     "FAILED_TAG",
     "IMAGE_EXTENSIONS",
+    "MANIFEST_EXTENSIONS",
     "InputSpec",
     "ReadAndDecodeFn",
     "ReadImagePaths",
@@ -30,7 +31,6 @@ __all__ = [
     "resolve_input",
 ]
 
-METRICS_NAMESPACE = "beam_detect_classify"
 FAILED_TAG = "failed"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".manifest")

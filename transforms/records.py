@@ -10,6 +10,7 @@ import pyarrow as pa
 
 __all__ = [
     "DETECTIONS_SCHEMA",
+    "METRICS_NAMESPACE",
     "IMAGES_SCHEMA",
     "STATUS_ERROR",
     "STATUS_OK",
@@ -19,6 +20,8 @@ __all__ = [
     "Region",
 ]
 
+# Namespace of the job's own Beam counters and distributions (README, "Metrics").
+METRICS_NAMESPACE = "beam_detect_classify"
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 

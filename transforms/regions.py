@@ -11,11 +11,10 @@ from apache_beam.ml.inference.base import PredictionResult
 from transforms.detection import Detections
 from transforms.image_ops import clip_boxes, crop_box, normalized_to_pixels, pad_boxes, resize_to
 from transforms.image_ops import valid_boxes
-from transforms.records import STATUS_OK, ImageRow, Region
+from transforms.records import METRICS_NAMESPACE, STATUS_OK, ImageRow, Region
 
-__all__ = ["IMAGES_TAG", "METRICS_NAMESPACE", "CropRegionsFn", "select_regions"]
+__all__ = ["IMAGES_TAG", "CropRegionsFn", "select_regions"]
 
-METRICS_NAMESPACE = "beam_detect_classify"
 IMAGES_TAG = "images"
 
 

@@ -11,9 +11,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import PredictionResult
 
+from transforms.model_files import is_local_path
 from transforms.records import (
     DETECTIONS_SCHEMA,
     IMAGES_SCHEMA,
+    METRICS_NAMESPACE,
     STATUS_ERROR,
     STATUS_OK,
     DetectionRow,
@@ -32,7 +34,6 @@ __all__ = [
     "write_success_marker",
 ]
 
-METRICS_NAMESPACE = "beam_detect_classify"
 CLASSIFY_FAILED_TAG = "classify_failed"
 PARQUET_CODEC = "zstd"
 TABLES = ("detections", "images")
@@ -122,16 +123,12 @@ class WriteParquetTable(beam.PTransform):
             num_shards=self._num_shards)
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
 def delete_tables(output: str) -> None:
     """Deletes the tables (final files and any temporary files) and the success marker of a
     run in ``output``; what is not there is skipped."""
     for table in TABLES:
         folder = FileSystems.join(output, table)
-        if _is_local(output):
+        if is_local_path(output):
             if FileSystems.exists(folder):
                 FileSystems.delete([folder])
             continue
