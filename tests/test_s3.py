@@ -4,6 +4,8 @@ s3:// through Beam's own S3 filesystem, against a real S3-compatible server (mot
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import sys
 
 import pyarrow.parquet as pq
@@ -135,3 +137,28 @@ def test_s3_glob_input_and_rerun_needs_overwrite(s3_endpoint, s3, bucket, models
     _check_output(s3, "out/glob", detector_model=str(models_dir / "detector"))
     with pytest.raises(ConfigError, match="already holds a run"):
         run(args)
+
+
+_COPY_MODEL = """
+import os, sys
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from transforms.model_files import local_model_path
+FileSystems.set_options(PipelineOptions(sys.argv[2:]))
+local = local_model_path(sys.argv[1])
+assert local == local_model_path(sys.argv[1])  # one copy per process
+assert os.path.isfile(os.path.join(local, "saved_model.pb")), os.listdir(local)
+print(local)
+"""
+
+
+def test_model_copied_from_s3_is_removed_when_the_process_exits(s3_endpoint, bucket):
+    done = subprocess.run(
+        [sys.executable, "-c", _COPY_MODEL, f"s3://{bucket}/models/detector",
+         *_s3_flags(s3_endpoint)],
+        capture_output=True, text=True, timeout=120, env=venv_env(),
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    local = done.stdout.strip().splitlines()[-1]
+    assert os.path.basename(local) == "detector"
+    assert not os.path.exists(os.path.dirname(local))

@@ -67,14 +67,17 @@ def local_model_path(path: str) -> str:
 @functools.lru_cache(maxsize=None)
 def _copy_to_local(path: str) -> str:
     """Copies a model from an object store once per process (validation and every later load
-    reuse the copy)."""
+    reuse the copy); the copy is deleted when the process exits."""
+    import atexit
+    import shutil
     import tempfile
 
     from apache_beam.io.filesystems import FileSystems
 
     root = path.rstrip("/")
-    local_root = os.path.join(tempfile.mkdtemp(prefix="beam-detect-classify-"),
-                              root.rsplit("/", 1)[-1])
+    scratch = tempfile.mkdtemp(prefix="beam-detect-classify-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    local_root = os.path.join(scratch, root.rsplit("/", 1)[-1])
     matches = FileSystems.match([root, root + "/**"])
     found = {m.path for result in matches for m in result.metadata_list}
     if not found:
@@ -84,5 +87,5 @@ def _copy_to_local(path: str) -> str:
         os.makedirs(os.path.dirname(local), exist_ok=True)
         with FileSystems.open(remote, compression_type="uncompressed") as src, \
                 open(local, "wb") as dst:
-            dst.write(src.read())
+            shutil.copyfileobj(src, dst, 1 << 20)
     return local_root
