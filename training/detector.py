@@ -7,12 +7,14 @@ TensorFlow is imported inside functions so that importing this module stays chea
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
-__all__ = ["STRIDE", "build_model", "centernet_loss", "export_saved_model", "make_targets"]
+__all__ = ["STRIDE", "build_model", "centernet_loss", "export_saved_model",
+           "fused_batch_norm_layer", "make_targets"]
 
 STRIDE = 4
 MAX_DETECTIONS = 100
@@ -20,26 +22,37 @@ MAX_DETECTIONS = 100
 _PAD_MULTIPLE = 32
 
 
-def build_model(base: int = 24) -> Any:
-    """Build the Keras detector; input float RGB in [0, 1], any size divisible by 32."""
+def build_model(base: int = 24, stem: str = "patch") -> Any:
+    """Build the Keras detector; input float RGB in [0, 1], any size divisible by 32.
+
+    ``stem="patch"`` reaches stride 4 with one 4x4 stride-4 convolution (a patchify stem);
+    ``stem="conv"`` with two strided 3x3 convolutions (the first bundled detector's stem, about
+    a third slower to train on CPU).
+    """
     import keras
     from keras import layers
 
+    norm = fused_batch_norm_layer()
+
     def conv(x, ch, stride=1, k=3):
         x = layers.Conv2D(ch, k, strides=stride, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
+        x = norm()(x)
         return layers.ReLU()(x)
 
     def sep(x, ch, stride=1):
         x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
+        x = norm()(x)
         x = layers.ReLU()(x)
         return conv(x, ch, k=1)
 
     inputs = keras.Input((None, None, 3))
-    x = conv(inputs, base // 2 + 4, 2)           # stride 2
-    x = conv(x, base, 2)                         # stride 4
-    c4 = sep(x, base)
+    if stem == "patch":
+        c4 = sep(sep(conv(inputs, base, 4, k=4), base), base)  # stride 4
+    elif stem == "conv":
+        x = conv(inputs, base // 2 + 4, 2)           # stride 2
+        c4 = sep(conv(x, base, 2), base)             # stride 4
+    else:
+        raise ValueError(f"unknown stem {stem!r}: use 'patch' or 'conv'")
     c8 = sep(sep(c4, base * 2, 2), base * 2)     # stride 8
     c16 = sep(sep(c8, base * 3, 2), base * 3)    # stride 16
     c32 = sep(sep(sep(c16, base * 4, 2), base * 4), base * 4)  # stride 32
@@ -54,6 +67,51 @@ def build_model(base: int = 24) -> Any:
     box = layers.Conv2D(4, 1)(p)
     outputs = layers.Concatenate()([heat, box])
     return keras.Model(inputs, outputs, name="tiny_centernet")
+
+
+@functools.cache
+def fused_batch_norm_layer() -> Any:
+    """A batch norm layer that runs TensorFlow's fused kernel (``FusedBatchNormV3``).
+
+    Keras 3 computes batch norm from separate moment and arithmetic ops; on CPU that was about
+    40% of a training step of this network; the fused kernel makes a step about 1.35x faster.
+    The detector is TensorFlow-only (it ships as a SavedModel), so the TF op is fine.
+    """
+    import keras
+    import tensorflow as tf
+
+    class FusedBatchNorm(keras.layers.Layer):
+        def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.momentum, self.epsilon = momentum, epsilon
+
+        def build(self, input_shape: Any) -> None:
+            channels = (input_shape[-1],)
+            self.gamma = self.add_weight(shape=channels, initializer="ones", name="gamma")
+            self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta")
+            self.moving_mean = self.add_weight(shape=channels, initializer="zeros",
+                                               trainable=False, name="moving_mean")
+            self.moving_variance = self.add_weight(shape=channels, initializer="ones",
+                                                   trainable=False, name="moving_variance")
+
+        def call(self, x: Any, training: Any = None) -> Any:
+            if training:
+                y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                    x, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
+                keep = self.momentum
+                self.moving_mean.assign(self.moving_mean * keep + mean * (1 - keep))
+                self.moving_variance.assign(
+                    self.moving_variance * keep + variance * (1 - keep))
+                return y
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, mean=self.moving_mean,
+                variance=self.moving_variance, epsilon=self.epsilon, is_training=False)
+            return y
+
+        def get_config(self) -> dict:
+            return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
+
+    return FusedBatchNorm
 
 
 def make_targets(objects: list[dict[str, Any]], height: int,
