@@ -10,14 +10,14 @@ STAMP="$VENV/.requirements.sha256"
 
 setup_venv() {
   local want
-  want=$(sha256sum requirements.lock setup.py | sha256sum | cut -d' ' -f1)
+  want=$(sha256sum requirements.lock requirements-test.lock setup.py | sha256sum | cut -d' ' -f1)
   if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
     return
   fi
-  echo "Setting up $VENV (pinned versions from requirements.lock; about a minute)..." >&2
+  echo "Setting up $VENV (pinned versions from requirements-test.lock; about a minute)..." >&2
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -r requirements.lock
+  "$VENV/bin/python" -m pip install --quiet -r requirements-test.lock
   "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
   echo "$want" > "$STAMP"
 }

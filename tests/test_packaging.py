@@ -214,3 +214,56 @@ def test_flex_template_parameter_values_parse_with_the_options():
         argv.append(f"--{param['name']}={value}")
     parsed = DetectClassifyOptions(argv).get_all_options(retain_unknown_options=True)
     assert parsed["input"] == "gs://bucket/x" and parsed["output"] == "gs://bucket/x"
+
+
+# --- Pinned versions ----------------------------------------------------------------------------
+
+def _pins(name: str) -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "-r ")):
+            dist, version = line.split("==")
+            pins[canonicalize_name(dist)] = version
+    return pins
+
+
+def test_runtime_lock_pins_install_requires_and_no_test_tools():
+    import ast
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    runtime, test = _pins("requirements.lock"), _pins("requirements-test.lock")
+    assert not runtime.keys() & test.keys(), "pin each package in one file only"
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    install_requires = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                            if isinstance(node, ast.Assign)
+                            and getattr(node.targets[0], "id", "") == "INSTALL_REQUIRES")
+    for spec in install_requires:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in runtime, f"{name} is not pinned in requirements.lock"
+        assert requirement.specifier.contains(runtime[name]), (spec, runtime[name])
+    assert "boto3" in runtime  # s3:// on workers (apache-beam[aws])
+    for tool in ("pytest", "hypothesis", "moto", "faster-coco-eval"):
+        assert tool in test and tool not in runtime, tool
+    lines = [line for line in (ROOT / "requirements-test.lock").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[0] == "-r requirements.lock"
+
+
+def test_this_environment_has_the_pinned_versions():
+    from importlib.metadata import PackageNotFoundError, version
+
+    wrong = {}
+    for name, pinned in {**_pins("requirements.lock"), **_pins("requirements-test.lock")}.items():
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            installed = None
+        if installed != pinned:
+            wrong[name] = (pinned, installed)
+    assert not wrong, f"(pinned, installed): {wrong}; rerun ./run_local.sh test to resync .venv"
