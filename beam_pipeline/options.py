@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -10,7 +11,22 @@ from transforms.classification import DEFAULT_CLASSIFIER_BATCH
 from transforms.image_ops import DEFAULT_MAX_IMAGE_PIXELS, PREPROCESS_MODES
 from transforms.model_files import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 
-__all__ = ["DetectClassifyOptions", "unknown_flags"]
+__all__ = ["DetectClassifyOptions", "switch", "unknown_flags"]
+
+
+def switch(value: str) -> bool:
+    """Parses the value of an on/off flag given as ``--name=value``.
+
+    The job's on/off flags work bare (``--overwrite``) and with a value (``--overwrite=true``):
+    a Dataflow Flex Template launcher passes every parameter as ``--name=value``, which a plain
+    ``store_true`` flag refuses.
+    """
+    word = str(value).strip().lower()
+    if word in ("true", "1", "yes"):
+        return True
+    if word in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 class DetectClassifyOptions(PipelineOptions):
@@ -28,9 +44,9 @@ class DetectClassifyOptions(PipelineOptions):
             "--output", required=True,
             help="Output folder (any Beam filesystem); gets detections/ and images/ Parquet.")
         group.add_argument(
-            "--overwrite", action="store_true", default=False,
+            "--overwrite", nargs="?", const=True, default=False, type=switch,
             help="Replace the tables of an earlier run in --output (without it, such a run is "
-                 "refused before any work starts).")
+                 "refused before any work starts). Also --overwrite=true|false.")
         group.add_argument(
             "--detector_model", default=DEFAULT_DETECTOR,
             help="TF2 Object Detection API SavedModel folder (serving_default signature). "
@@ -70,9 +86,9 @@ class DetectClassifyOptions(PipelineOptions):
             help="Refuse images larger than this many pixels, checked from the header before "
                  "decoding (decompression bombs).")
         group.add_argument(
-            "--unsafe_keras_deserialization", action="store_true", default=False,
+            "--unsafe_keras_deserialization", nargs="?", const=True, default=False, type=switch,
             help="Allow Keras models with Lambda layers (runs Python code stored in the model "
-                 "file; only for models you trust).")
+                 "file; only for models you trust). Also =true|false.")
         group.add_argument(
             "--model_copies", type=int, default=0,
             help="Load this many copies of each model per machine, shared across processes "

@@ -188,11 +188,11 @@ def _metadata() -> dict:
 
 def test_flex_template_parameters_are_the_options_flags():
     actions = _option_actions()
-    # Switches (store_true) cannot be template parameters: the launcher passes --name=value,
-    # and argparse refuses a value for a switch.
-    valued = {dest for dest, action in actions.items() if action.nargs != 0}
+    # The launcher passes every parameter as --name=value, so every flag takes a value (the
+    # on/off ones true or false) and every flag is a parameter.
+    assert not [dest for dest, action in actions.items() if action.nargs == 0]
     params = {param["name"]: param for param in _metadata()["parameters"]}
-    assert set(params) == valued
+    assert set(params) == set(actions)
     for name, param in params.items():
         action = actions[name]
         assert param["label"] and param["helpText"], name
@@ -214,6 +214,9 @@ def test_flex_template_parameter_values_parse_with_the_options():
         argv.append(f"--{param['name']}={value}")
     parsed = DetectClassifyOptions(argv).get_all_options(retain_unknown_options=True)
     assert parsed["input"] == "gs://bucket/x" and parsed["output"] == "gs://bucket/x"
+    assert parsed["overwrite"] is False and parsed["unsafe_keras_deserialization"] is False
+    switched = DetectClassifyOptions(argv + ["--overwrite=true"])
+    assert switched.get_all_options()["overwrite"] is True
 
 
 # --- Pinned versions ----------------------------------------------------------------------------

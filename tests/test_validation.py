@@ -287,6 +287,8 @@ def test_rerun_needs_overwrite_and_a_mistake_keeps_the_earlier_tables(models_dir
     first = _parquet_files(output)
     assert SUCCESS_MARKER in first and any(f.startswith("images/part-") for f in first)
     assert "pass --overwrite to replace them" in _refused(_argv(models_dir, images, output))
+    assert "pass --overwrite to replace them" in _refused(
+        _argv(models_dir, images, output) + ["--overwrite=false"])  # a template's explicit "no"
     # --overwrite with another mistake: refused, and the earlier run's tables are still there.
     _refused(_argv(models_dir, images, output, overwrite=True, detector_model="/nope"))
     assert _parquet_files(output) == first
@@ -341,3 +343,24 @@ def test_misspelt_flag_is_refused_before_any_work(flag, tmp_path):
     with pytest.raises(ConfigError, match="unknown option"):
         run(["--input=nothing/*.png", f"--output={tmp_path / 'out'}", flag])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], False), (["--overwrite"], True), (["--overwrite=true"], True),
+    (["--overwrite=False"], False), (["--overwrite", "--min_score=0.2"], True)])
+def test_on_off_flags_also_take_a_value(argv, expected):
+    # A Flex Template launcher passes every parameter as --name=value.
+    from beam_pipeline.options import DetectClassifyOptions
+
+    options = DetectClassifyOptions(["--input=x", "--output=y", *argv])
+    assert options.overwrite is expected
+    assert DetectClassifyOptions(["--input=x", "--output=y", "--unsafe_keras_deserialization=true"]
+                                 ).unsafe_keras_deserialization is True
+
+
+def test_on_off_flag_with_a_value_that_is_not_true_or_false_is_an_error(capsys):
+    from beam_pipeline.options import DetectClassifyOptions
+
+    with pytest.raises(SystemExit):
+        DetectClassifyOptions(["--input=x", "--output=y", "--overwrite=maybe"]).overwrite
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
