@@ -22,14 +22,14 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from transforms.image_ops import (  # noqa: E402
+from transforms.boxes import (  # noqa: E402
     clip_boxes,
     crop_box,
-    decode_image,
     normalized_to_pixels,
     resize_to,
     valid_boxes,
 )
+from transforms.decoding import decode_image  # noqa: E402
 from transforms.records import DETECTIONS_SCHEMA  # noqa: E402
 
 BATCH = 64

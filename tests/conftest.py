@@ -6,6 +6,7 @@ import os
 
 import cv2
 import numpy as np
+import pyarrow.dataset as ds
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -98,3 +99,92 @@ def write_png(path, rgb: np.ndarray) -> str:
     with open(path, "wb") as handle:
         handle.write(encoded.tobytes())
     return str(path)
+
+
+# The end-to-end scene shared by the pipeline, runner and object-storage tests: three painted
+# images and one broken file, with the rows the fake models must give for them.
+IMAGES = {
+    "a.png": ("red", "green", "blue"),
+    "b.png": ("blue", "red", "green"),
+    "c d é.png": ("green", "blue", "red"),
+}
+# Pixel boxes of A, B and C (clipped at the right edge), in score order.
+EXPECTED_BOXES = [
+    (10.0, 20.0, 40.0, 60.0),
+    (50.0, 100.0, 90.0, 180.0),
+    (0.0, 120.0, 20.0, 200.0),
+]
+EXPECTED_SCORES = [0.9, 0.7, 0.6]
+EXPECTED_DETECTOR_CLASSES = [1, 2, 1]
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    for name, colors in IMAGES.items():
+        write_png(root / name, paint_image(colors))
+    (root / "broken.png").write_bytes(b"this is not an image")
+    return root
+
+
+def job_args(models_dir, image_dir, output, *extra):
+    return [
+        f"--input={image_dir}", f"--output={output}",
+        f"--detector_model={models_dir / 'detector'}",
+        f"--detector_label_map={models_dir / 'label_map.pbtxt'}",
+        f"--classifier_model={models_dir / 'colors.keras'}",
+        f"--classifier_labels={models_dir / 'labels.txt'}",
+        "--classifier_batch_size=4", *extra,
+    ]
+
+
+def read_table(output, table):
+    rows = ds.dataset(str(output / table), format="parquet").to_table().to_pylist()
+    return sorted(rows, key=lambda row: (row["image_path"], row.get("roi_index", 0)))
+
+
+def expected_detections(image_dir, models_dir):
+    rows = []
+    for name, colors in sorted(IMAGES.items(), key=lambda item: str(image_dir / item[0])):
+        for roi, (box, score, det_class, color) in enumerate(
+                zip(EXPECTED_BOXES, EXPECTED_SCORES, EXPECTED_DETECTOR_CLASSES, colors)):
+            rows.append({
+                "image_path": str(image_dir / name), "roi_index": roi,
+                "box": box, "detector_class_id": det_class,
+                "detector_label": {1: "defect", 2: "Other thing"}[det_class],
+                "detector_score": score, "class_id": ("red", "green", "blue").index(color),
+                "label": color,
+            })
+    return rows
+
+
+def check_run(output, image_dir, models_dir):
+    detections = read_table(output, "detections")
+    expected = expected_detections(image_dir, models_dir)
+    assert len(detections) == len(expected)
+    for row, want in zip(detections, expected):
+        assert row["image_path"] == want["image_path"]
+        assert row["roi_index"] == want["roi_index"]
+        box = (row["box_ymin"], row["box_xmin"], row["box_ymax"], row["box_xmax"])
+        assert box == pytest.approx(want["box"], abs=1e-4)
+        assert row["detector_class_id"] == want["detector_class_id"]
+        assert row["detector_label"] == want["detector_label"]
+        assert row["detector_score"] == pytest.approx(want["detector_score"], abs=1e-6)
+        assert (row["class_id"], row["label"]) == (want["class_id"], want["label"])
+        assert row["confidence"] > 0.99
+        assert row["detector_model"] == str(models_dir / "detector")
+        assert row["classifier_model"] == str(models_dir / "colors.keras")
+
+    images = read_table(output, "images")
+    assert [row["image_path"] for row in images] == sorted(
+        str(image_dir / name) for name in [*IMAGES, "broken.png"])
+    for row in images:
+        if row["image_path"].endswith("broken.png"):
+            assert (row["status"], row["error_stage"]) == ("error", "decode")
+            assert "not a supported image format" in row["error"]
+            assert (row["width"], row["height"], row["num_detections"]) == (None, None, 0)
+        else:
+            assert row == {"image_path": row["image_path"], "width": IMAGE_WIDTH,
+                           "height": IMAGE_HEIGHT, "status": "ok", "error_stage": None,
+                           "error": None, "num_detections": 3}
+    return detections, images

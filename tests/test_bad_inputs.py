@@ -23,7 +23,7 @@ from PIL import Image
 from beam_pipeline.main import run
 from tests.conftest import COLOR_LABELS, IMAGE_HEIGHT, IMAGE_WIDTH, paint_image
 from transforms.detection import parse_detections
-from transforms.image_ops import DecodeError, decode_image
+from transforms.decoding import DecodeError, decode_image
 from transforms.reading import FAILED_TAG, ReadAndDecodeFn
 
 COLORS = ("red", "green", "blue")  # boxes A, B, C of the fake detector, in score order

@@ -9,16 +9,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transforms.detection import Detections
-from transforms.image_ops import (
-    DecodeError,
+from transforms.records import Detections
+from transforms.boxes import (
     clip_boxes,
     crop_box,
-    decode_image,
-    image_size_from_header,
     normalized_to_pixels,
     pad_boxes,
     valid_boxes,
+)
+from transforms.decoding import (
+    DecodeError,
+    decode_image,
+    image_size_from_header,
 )
 from transforms.regions import select_regions
 

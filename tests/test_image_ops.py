@@ -6,18 +6,20 @@ import cv2
 import numpy as np
 import pytest
 
-from transforms.detection import Detections
-from transforms.image_ops import (
-    DecodeError,
+from transforms.records import Detections
+from transforms.boxes import (
     clip_boxes,
     crop_box,
-    decode_image,
-    image_size_from_header,
     normalized_to_pixels,
     pad_boxes,
-    preprocess,
     resize_to,
     valid_boxes,
+)
+from transforms.classification import preprocess
+from transforms.decoding import (
+    DecodeError,
+    decode_image,
+    image_size_from_header,
 )
 from transforms.regions import select_regions
 

@@ -10,17 +10,7 @@ import pytest
 
 from beam_pipeline.main import run
 from tests._servers import free_port, start_server, stop_server, venv_env
-from tests.conftest import paint_image, write_png
-from tests.test_pipeline_e2e import IMAGES, _args, _check_run
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("portable_images")
-    for name, colors in IMAGES.items():
-        write_png(root / name, paint_image(colors))
-    (root / "broken.png").write_bytes(b"this is not an image")
-    return root
+from tests.conftest import check_run, job_args
 
 
 @pytest.fixture()
@@ -52,12 +42,12 @@ def test_workers_can_import_the_project():
 def test_portable_runner_gives_the_direct_runners_rows(worker_pool, models_dir, image_dir,
                                                        tmp_path):
     port, pool_log = worker_pool
-    run(_args(models_dir, image_dir, tmp_path / "direct"))
-    run(_args(models_dir, image_dir, tmp_path / "portable",
+    run(job_args(models_dir, image_dir, tmp_path / "direct"))
+    run(job_args(models_dir, image_dir, tmp_path / "portable",
               "--runner=PortableRunner", "--job_endpoint=embed",
               "--environment_type=EXTERNAL", f"--environment_config=localhost:{port}"))
-    direct = _check_run(tmp_path / "direct", image_dir, models_dir)
-    portable = _check_run(tmp_path / "portable", image_dir, models_dir)
+    direct = check_run(tmp_path / "direct", image_dir, models_dir)
+    portable = check_run(tmp_path / "portable", image_dir, models_dir)
     assert portable == direct
     # The work ran in SDK workers the pool started, not in this process.
     assert "Starting worker with command" in pool_log.read_text(errors="replace")

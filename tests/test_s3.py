@@ -14,7 +14,7 @@ import pytest
 from beam_pipeline.main import run
 from tests._servers import free_port, start_server, stop_server, venv_env
 from tests.conftest import IMAGE_HEIGHT, IMAGE_WIDTH, paint_image, write_png
-from tests.test_pipeline_e2e import EXPECTED_BOXES, IMAGES
+from tests.conftest import EXPECTED_BOXES, IMAGES
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto.server")

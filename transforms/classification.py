@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional
@@ -10,28 +9,39 @@ from typing import Any, Optional
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.image_ops import preprocess, resize_to
+from transforms.boxes import resize_to
 from transforms.model_files import local_model_path
-from transforms.records import Region
+from transforms.records import Classification, Region
 from transforms.tf_runtime import configure_tensorflow
 
 __all__ = [
-    "Classification",
     "ClassifierModel",
     "KerasClassifierModelHandler",
+    "PREPROCESS_MODES",
+    "preprocess",
     "to_probabilities",
 ]
 
 DEFAULT_CLASSIFIER_BATCH = 64
+# uint8 -> float32 as x * scale + offset.
+PREPROCESS_MODES: dict[str, tuple[float, float]] = {
+    "unit": (1.0 / 255.0, 0.0),
+    "raw": (1.0, 0.0),
+    "symmetric": (1.0 / 127.5, -1.0),
+}
 
 
-@dataclasses.dataclass(frozen=True)
-class Classification:
-    """The classifier's answer for one region, or the error that replaced it."""
-
-    class_id: int
-    confidence: float
-    error: Optional[str] = None
+def preprocess(batch: np.ndarray, mode: str) -> np.ndarray:
+    """Turns a uint8 batch into float32 in the classifier's input range (``PREPROCESS_MODES``)."""
+    try:
+        scale, offset = PREPROCESS_MODES[mode]
+    except KeyError:
+        raise ValueError(
+            f"unknown preprocess mode {mode!r}; choose one of {sorted(PREPROCESS_MODES)}") from None
+    out = np.asarray(batch, dtype=np.float32) * np.float32(scale)
+    if offset:
+        out += np.float32(offset)
+    return out
 
 
 def to_probabilities(outputs: np.ndarray) -> np.ndarray:

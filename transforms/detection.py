@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
@@ -10,13 +9,12 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.model_files import local_model_path
-from transforms.records import DecodedImage
+from transforms.records import DecodedImage, Detections
 from transforms.tf_runtime import configure_tensorflow
 
 __all__ = [
     "OD_API_OUTPUT_KEYS",
     "DetectorModel",
-    "Detections",
     "ObjectDetectionModelHandler",
     "parse_detections",
 ]
@@ -26,21 +24,6 @@ SIGNATURE_NAME = "serving_default"
 OD_API_OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes")
 # Decoded images held per detector batch; only same-size images of a batchable model share a call.
 DEFAULT_DETECTOR_BATCH = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class Detections:
-    """A detector's answer for one image, padding removed; or the error that replaced it."""
-
-    boxes: np.ndarray  # float32 [N, 4] normalized ymin, xmin, ymax, xmax
-    scores: np.ndarray  # float32 [N]
-    classes: np.ndarray  # int32 [N], 1-based
-    error: Optional[str] = None
-
-    @classmethod
-    def failed(cls, error: str) -> "Detections":
-        empty = np.zeros((0,), np.float32)
-        return cls(np.zeros((0, 4), np.float32), empty, empty.astype(np.int32), error)
 
 
 def parse_detections(outputs: dict[str, Any], index: int) -> Detections:

@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.image_ops import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
+from transforms.decoding import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
 from transforms.records import METRICS_NAMESPACE, DecodedImage, ImageRow
 
 __all__ = [

@@ -14,7 +14,9 @@ __all__ = [
     "IMAGES_SCHEMA",
     "STATUS_ERROR",
     "STATUS_OK",
+    "Classification",
     "DecodedImage",
+    "Detections",
     "DetectionRow",
     "ImageRow",
     "Region",
@@ -72,6 +74,30 @@ class DecodedImage:
     @property
     def width(self) -> int:
         return int(self.pixels.shape[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Detections:
+    """A detector's answer for one image, padding removed; or the error that replaced it."""
+
+    boxes: np.ndarray  # float32 [N, 4] normalized ymin, xmin, ymax, xmax
+    scores: np.ndarray  # float32 [N]
+    classes: np.ndarray  # int32 [N], 1-based
+    error: Optional[str] = None
+
+    @classmethod
+    def failed(cls, error: str) -> "Detections":
+        empty = np.zeros((0,), np.float32)
+        return cls(np.zeros((0, 4), np.float32), empty, empty.astype(np.int32), error)
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """The classifier's answer for one region, or the error that replaced it."""
+
+    class_id: int
+    confidence: float
+    error: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,9 +8,15 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 
-from transforms.detection import Detections
-from transforms.image_ops import clip_boxes, crop_box, normalized_to_pixels, pad_boxes, resize_to
-from transforms.image_ops import valid_boxes
+from transforms.records import Detections
+from transforms.boxes import (
+    clip_boxes,
+    crop_box,
+    normalized_to_pixels,
+    pad_boxes,
+    resize_to,
+    valid_boxes,
+)
 from transforms.records import METRICS_NAMESPACE, STATUS_OK, ImageRow, Region
 
 __all__ = ["IMAGES_TAG", "CropRegionsFn", "select_regions"]

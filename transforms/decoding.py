@@ -1,4 +1,4 @@
-"""Pure image functions on numpy arrays: decode, box conversion, clipping, cropping, resizing."""
+"""Decoding: format sniffing, header pixel counts and bytes to RGB pixels (pure functions)."""
 
 from __future__ import annotations
 
@@ -10,29 +10,14 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
-    "PREPROCESS_MODES",
     "DecodeError",
-    "clip_boxes",
-    "crop_box",
     "decode_image",
     "image_format",
     "image_size_from_header",
-    "normalized_to_pixels",
-    "pad_boxes",
-    "preprocess",
-    "resize_to",
-    "valid_boxes",
 ]
 
 # 100 megapixels: a 10000x10000 RGB image is 300 MB decoded, well inside one worker's memory.
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
-
-# uint8 -> float32 as x * scale + offset.
-PREPROCESS_MODES: dict[str, tuple[float, float]] = {
-    "unit": (1.0 / 255.0, 0.0),
-    "raw": (1.0, 0.0),
-    "symmetric": (1.0 / 127.5, -1.0),
-}
 
 _JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
@@ -228,66 +213,3 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
             f"decoded image is {pixels.shape[1]}x{pixels.shape[0]} pixels, over the limit of "
             f"{max_pixels} (raise --max_image_pixels to process it)")
     return np.ascontiguousarray(pixels)
-
-
-def normalized_to_pixels(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Scales normalized ``[ymin, xmin, ymax, xmax]`` boxes ``[N, 4]`` to pixel coordinates."""
-    scale = np.array([height, width, height, width], dtype=np.float32)
-    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * scale
-
-
-def pad_boxes(boxes: np.ndarray, padding: float) -> np.ndarray:
-    """Grows each pixel box by ``padding`` times its height/width on each side."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    if padding == 0:
-        return boxes
-    dy = (boxes[:, 2] - boxes[:, 0]) * padding
-    dx = (boxes[:, 3] - boxes[:, 1]) * padding
-    return np.stack([boxes[:, 0] - dy, boxes[:, 1] - dx, boxes[:, 2] + dy, boxes[:, 3] + dx], axis=1)
-
-
-def clip_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Clips pixel boxes ``[N, 4]`` to the image; NaN stays NaN (``valid_boxes`` drops it)."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    upper = np.array([height, width, height, width], dtype=np.float32)
-    return np.minimum(np.maximum(boxes, 0.0), upper)
-
-
-def valid_boxes(boxes: np.ndarray) -> np.ndarray:
-    """Boolean mask of boxes that are finite and have positive height and width."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    finite = np.all(np.isfinite(boxes), axis=1)
-    with np.errstate(invalid="ignore"):
-        positive = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return finite & positive
-
-
-def crop_box(image: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Crops a clipped, valid pixel box: rows ``floor(ymin)..ceil(ymax)``, same for columns."""
-    ymin, xmin, ymax, xmax = (float(v) for v in box)
-    top, left = int(np.floor(ymin)), int(np.floor(xmin))
-    bottom = max(int(np.ceil(ymax)), top + 1)
-    right = max(int(np.ceil(xmax)), left + 1)
-    return image[top:bottom, left:right]
-
-
-def resize_to(crop: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resizes to ``(height, width)``: area averaging when shrinking, bilinear when enlarging."""
-    if crop.shape[0] == height and crop.shape[1] == width:
-        return np.ascontiguousarray(crop)
-    shrinking = crop.shape[0] * crop.shape[1] > height * width
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(crop, (width, height), interpolation=interpolation)
-
-
-def preprocess(batch: np.ndarray, mode: str) -> np.ndarray:
-    """Turns a uint8 batch into float32 in the classifier's input range (``PREPROCESS_MODES``)."""
-    try:
-        scale, offset = PREPROCESS_MODES[mode]
-    except KeyError:
-        raise ValueError(
-            f"unknown preprocess mode {mode!r}; choose one of {sorted(PREPROCESS_MODES)}") from None
-    out = np.asarray(batch, dtype=np.float32) * np.float32(scale)
-    if offset:
-        out += np.float32(offset)
-    return out
