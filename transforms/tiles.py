@@ -1,0 +1,288 @@
+"""Tiled detection for large images: the tile grid, the seam merge, and ``detect_tiled``.
+
+A detector that resizes its input to a fixed size loses objects a few pixels wide in a large
+image. ``detect_tiled`` runs it on overlapping tiles instead (numpy views of the image, never
+copies), maps every tile's boxes to the whole image's pixels and merges the boxes that the
+seams duplicated or cut, so the rest of the job sees one answer for the whole image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from transforms.boxes import intersection_areas, normalized_to_pixels
+from transforms.records import Detections
+
+__all__ = [
+    "FULL_IMAGE_GROUP",
+    "TilingConfig",
+    "cut_by_tile_edge",
+    "detect_tiled",
+    "merge_detections",
+    "overlap_pixels",
+    "tile_grid",
+]
+
+MAX_OVERLAP = 0.5
+# A box edge this close (pixels) to a tile edge inside the image counts as cut by it.
+EDGE_MARGIN_PX = 3.0
+# Group of the detections of the whole-image call (``TilingConfig.full_image``).
+FULL_IMAGE_GROUP = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class TilingConfig:
+    """How ``detect_tiled`` slices an image.
+
+    Attributes:
+        tile_size: tile height and width in pixels; 0 turns tiling off (one call per image).
+        overlap: fraction of ``tile_size`` that neighbouring tiles share, in ``[0, 0.5)``.
+        full_image: also run the whole image, so objects larger than a tile are still found.
+        batch_size: tiles per detector call when the detector's batch dimension is free.
+    """
+
+    tile_size: int
+    overlap: float = 0.2
+    full_image: bool = False
+    batch_size: int = 8
+
+
+class Detector(Protocol):
+    """What ``detect_tiled`` needs of ``transforms.detection.DetectorModel``."""
+
+    batchable: bool
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
+
+
+def overlap_pixels(tile_size: int, overlap: float) -> int:
+    """Pixels that neighbouring tiles share: ``floor(tile_size * overlap)``, so always less
+    than half a tile.
+
+    Raises:
+        ValueError: ``tile_size`` is not positive or ``overlap`` is outside ``[0, 0.5)``.
+    """
+    if tile_size <= 0:
+        raise ValueError(f"tile size must be a positive number of pixels, got {tile_size}")
+    if not 0.0 <= overlap < MAX_OVERLAP:
+        raise ValueError(f"tile overlap must be in [0, {MAX_OVERLAP}), got {overlap}")
+    return int(tile_size * overlap + 1e-9)  # 0.29 * 100 is 28.999...; still 29
+
+
+def _starts(length: int, tile: int, step: int) -> np.ndarray:
+    if length <= tile:
+        return np.zeros(1, np.int64)
+    count = -(-(length - tile) // step) + 1  # ceil division: the fewest tiles that cover
+    starts = np.arange(count, dtype=np.int64) * step
+    starts[-1] = length - tile  # the last tile ends at the edge instead of being padded
+    return starts
+
+
+def tile_grid(height: int, width: int, tile_size: int, overlap: float) -> np.ndarray:
+    """Tiles that cover an image exactly, row by row.
+
+    Tiles start every ``tile_size - overlap_pixels`` pixels; the last row and column are moved
+    back to end at the image's bottom and right edges (so they overlap their neighbour more),
+    never padded. Every tile has the same size, ``min(tile_size, height)`` by
+    ``min(tile_size, width)``: an image smaller than one tile is one tile.
+
+    Returns:
+        int64 ``[T, 4]``: ``top, left, bottom, right`` (bottom and right exclusive).
+
+    Raises:
+        ValueError: a non-positive size, or ``overlap`` outside ``[0, 0.5)``.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image must have pixels, got {height}x{width}")
+    step = tile_size - overlap_pixels(tile_size, overlap)
+    tile_h, tile_w = min(tile_size, height), min(tile_size, width)
+    tops = _starts(height, tile_h, step)
+    lefts = _starts(width, tile_w, step)
+    top, left = (grid.reshape(-1) for grid in np.meshgrid(tops, lefts, indexing="ij"))
+    return np.stack([top, left, top + tile_h, left + tile_w], axis=1)
+
+
+def cut_by_tile_edge(boxes_px: np.ndarray, tile: np.ndarray, height: int, width: int, *,
+                     margin: float = EDGE_MARGIN_PX) -> np.ndarray:
+    """Which whole-image pixel boxes of one tile touch an edge of that tile that lies inside
+    the image (within ``margin`` pixels): the detector saw only part of such an object."""
+    boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+    top, left, bottom, right = (float(v) for v in tile)
+    with np.errstate(invalid="ignore"):
+        return (((boxes[:, 0] <= top + margin) & (top > 0))
+                | ((boxes[:, 1] <= left + margin) & (left > 0))
+                | ((boxes[:, 2] >= bottom - margin) & (bottom < height))
+                | ((boxes[:, 3] >= right - margin) & (right < width)))
+
+
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+def _extents(boxes: np.ndarray, groups: np.ndarray, names: np.ndarray) -> np.ndarray:
+    """The bounding box of each group's boxes (NaN for a group of only non-finite boxes)."""
+    extents = np.full((len(names), 4), np.nan)
+    for k, name in enumerate(names):
+        member = boxes[groups == name]
+        member = member[np.all(np.isfinite(member), axis=1)]
+        if len(member):
+            extents[k] = [*member[:, :2].min(axis=0), *member[:, 2:].max(axis=0)]
+    return extents
+
+
+def _candidate_pairs(boxes: np.ndarray, groups: np.ndarray | None) -> list[tuple]:
+    """Blocks ``(rows, cols)`` of index pairs that may intersect: all pairs without groups;
+    with groups, only pairs of different groups whose extents intersect (neighbouring tiles)."""
+    everything = np.arange(len(boxes))
+    if groups is None:
+        return [(everything, everything)]
+    names = np.unique(groups)
+    extents = _extents(boxes, groups, names)
+    touching = np.triu(intersection_areas(extents, extents) > 0, k=1)
+    return [(everything[groups == names[a]], everything[groups == names[b]])
+            for a, b in zip(*np.nonzero(touching))]
+
+
+def _matches(boxes: np.ndarray, classes: np.ndarray, groups: np.ndarray | None,
+             cut: np.ndarray, threshold: float) -> set[tuple[int, int]]:
+    """Index pairs ``(i, j)`` and ``(j, i)``, ``i != j``, that are one object (see
+    ``merge_detections``)."""
+    areas = _areas(boxes)
+    pairs: set[tuple[int, int]] = set()
+    for rows, cols in _candidate_pairs(boxes, groups):
+        inter = intersection_areas(boxes[rows], boxes[cols])
+        a, b = areas[rows][:, None], areas[cols][None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = inter / (a + b - inter)
+            ios = inter / np.minimum(a, b)
+        cut_a, cut_b = cut[rows][:, None], cut[cols][None, :]
+        smaller_cut = np.where(a < b, cut_a, np.where(b < a, cut_b, cut_a | cut_b))
+        same = (iou >= threshold) | ((ios >= threshold) & smaller_cut)
+        same &= (inter > 0) & (classes[rows][:, None] == classes[cols][None, :])
+        i, j = np.nonzero(same)
+        pairs.update((int(r), int(c)) for r, c in zip(rows[i], cols[j]) if r != c)
+    return pairs | {(j, i) for i, j in pairs}
+
+
+def merge_detections(boxes_px: np.ndarray, scores: np.ndarray, classes: np.ndarray, *,
+                     match_threshold: float = 0.5, groups: np.ndarray | None = None,
+                     cut: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merges the boxes that tile seams duplicated or cut into one box per object.
+
+    Two boxes of the same class are one object when their IoU reaches ``match_threshold``,
+    or when their intersection over the smaller box's area reaches it and the smaller box is
+    ``cut`` (a box cut by a tile edge lies inside its whole counterpart, so its IoU with it
+    can be low). Greedily, best score first, each box absorbs the lower-scored boxes that
+    match it. The merged box is the best-scored uncut box among them (a tile saw the whole
+    object), or the union of them all when every one is cut (the object spans tiles); its
+    score is the best one and its class theirs.
+
+    Args:
+        boxes_px: ``[N, 4]`` ``ymin, xmin, ymax, xmax`` in the whole image's pixels.
+        scores: ``[N]``.
+        classes: ``[N]`` detector classes; boxes of different classes never merge.
+        match_threshold: the IoU / intersection-over-smaller that makes two boxes one.
+        groups: ``[N]`` tile of each box; boxes of one group never merge (the detector already
+            suppressed its own duplicates). None: any two boxes may merge.
+        cut: ``[N]`` bool, the box touches an edge of its tile inside the image. None: every
+            box may be cut (plain intersection over the smaller box, as SAHI matches).
+
+    Returns:
+        ``(boxes_px float32 [M, 4], scores float32 [M], classes int32 [M])``, best score
+        first. Boxes or scores that are not finite match nothing and are passed on as they are.
+    """
+    boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    classes = np.asarray(classes).reshape(-1).astype(np.int32)
+    count = len(boxes)
+    if groups is not None:
+        groups = np.asarray(groups).reshape(-1)
+    cut = np.ones(count, bool) if cut is None else np.asarray(cut, bool).reshape(-1)
+    if not len(scores) == len(classes) == len(cut) == count or (
+            groups is not None and len(groups) != count):
+        raise ValueError("boxes, scores, classes, groups and cut must have one entry per box")
+    order = np.argsort(-np.where(np.isnan(scores), -np.inf, scores), kind="stable")
+    rank = np.empty(count, np.int64)
+    rank[order] = np.arange(count)
+    partners: dict[int, list[int]] = {}
+    for i, j in _matches(boxes, classes, groups, cut, match_threshold):
+        partners.setdefault(i, []).append(j)
+    absorbed = np.zeros(count, bool)
+    merged = boxes.copy()
+    for i in order:
+        if absorbed[i] or i not in partners:
+            continue
+        members = [i, *(j for j in partners[i] if not absorbed[j] and rank[j] > rank[i])]
+        absorbed[members[1:]] = True
+        whole = [j for j in members if not cut[j]]
+        if whole:  # an uncut box saw the whole object: it is the answer
+            merged[i] = boxes[min(whole, key=lambda j: rank[j])]
+        else:  # every box saw a part: the object spans them all
+            merged[i, :2] = boxes[members, :2].min(axis=0)
+            merged[i, 2:] = boxes[members, 2:].max(axis=0)
+    keep = order[~absorbed[order]]
+    return merged[keep].astype(np.float32), scores[keep], classes[keep]
+
+
+def _run_tiles(model: Detector, image: np.ndarray, grid: np.ndarray,
+               batch_size: int) -> list[Detections]:
+    per_call = max(1, batch_size) if model.batchable else 1
+    found: list[Detections] = []
+    for start in range(0, len(grid), per_call):
+        views = [image[top:bottom, left:right] for top, left, bottom, right in
+                 grid[start:start + per_call]]
+        found.extend(model.detect(views))
+    return found
+
+
+def detect_tiled(model: Detector, image: np.ndarray, config: TilingConfig) -> Detections:
+    """Detects objects in one image tile by tile and merges the answers.
+
+    Args:
+        model: a ``DetectorModel`` (``detect`` of RGB uint8 images, boxes normalized to each
+            input; ``batchable`` when its batch dimension is free).
+        image: RGB uint8 ``[H, W, 3]``.
+        config: the tiling; ``tile_size`` 0 is one call for the whole image.
+
+    Returns:
+        One ``Detections`` for the whole image: boxes normalized to the whole image, merged
+        at the seams, best score first, with every detection the tiles gave (the score
+        threshold and the detection cap are applied afterwards). If any call failed, the
+        image fails with that call's error.
+    """
+    height, width = image.shape[:2]
+    grid = (tile_grid(height, width, config.tile_size, config.overlap)
+            if config.tile_size > 0 else np.zeros((0, 4), np.int64))
+    if len(grid) <= 1:  # tiling off, or the image is one tile: exactly the untiled call
+        return model.detect([image])[0]
+    found = _run_tiles(model, image, grid, config.batch_size)
+    regions = [*grid]
+    groups = list(range(len(grid)))
+    if config.full_image:
+        found.extend(model.detect([image]))
+        regions.append(np.array([0, 0, height, width]))
+        groups.append(FULL_IMAGE_GROUP)
+    boxes, scores, classes, box_groups, cut = [], [], [], [], []
+    for region, group, tile_found in zip(regions, groups, found):
+        if tile_found.error is not None:
+            where = "the whole image" if group == FULL_IMAGE_GROUP else (
+                f"tile {group} at row {region[0]}, column {region[1]}")
+            return Detections.failed(f"{where}: {tile_found.error}"[:500])
+        top, left, bottom, right = (int(v) for v in region)
+        local = normalized_to_pixels(tile_found.boxes, bottom - top, right - left)
+        pixels = local + np.array([top, left, top, left], np.float32)
+        boxes.append(pixels)
+        scores.append(tile_found.scores)
+        classes.append(tile_found.classes)
+        box_groups.append(np.full(len(pixels), group))
+        cut.append(cut_by_tile_edge(pixels, region, height, width))
+    merged, merged_scores, merged_classes = merge_detections(
+        np.concatenate(boxes), np.concatenate(scores), np.concatenate(classes),
+        groups=np.concatenate(box_groups), cut=np.concatenate(cut))
+    scale = np.array([height, width, height, width], np.float32)
+    return Detections(merged / scale, merged_scores, merged_classes)
