@@ -9,7 +9,6 @@ import os
 import posixpath
 import stat
 from collections.abc import Iterator
-from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -17,8 +16,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.decoding import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
 from transforms.records import METRICS_NAMESPACE, DecodedImage, ImageRow
+from transforms.retrying import RetryPolicy, call_with_retries, is_transient
 
 __all__ = [
+    "DEFAULT_READ_RETRY",
     "FAILED_TAG",
     "IMAGE_EXTENSIONS",
     "MANIFEST_EXTENSIONS",
@@ -26,6 +27,7 @@ __all__ = [
     "ReadAndDecodeFn",
     "ReadImagePaths",
     "first_manifest_path",
+    "listed_kind",
     "max_file_bytes",
     "parse_manifest_line",
     "resolve_input",
@@ -34,25 +36,32 @@ __all__ = [
 FAILED_TAG = "failed"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".manifest")
+DEFAULT_READ_RETRY = RetryPolicy()  # 4 attempts over about 3.5 s
 
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-    """What ``--input`` names: a glob (``kind='glob'``) or a manifest (``kind='manifest'``)."""
+    """What ``--input`` names: a glob (``kind='glob'``) or a manifest (``kind='manifest'``).
+
+    A folder is a glob below ``root`` (``root + '**'``, or ``root + '*'`` when not recursive)
+    with ``only_images`` set: of what it lists, only visible image files are kept.
+    """
 
     kind: str
     location: str
-    csv_column: Optional[int] = None  # manifest CSV: index of the `path` column
-    only_images: bool = False  # a folder: keep files with image extensions only
+    csv_column: int | None = None  # manifest CSV: index of the `path` column
+    only_images: bool = False  # a folder: keep visible files with image extensions only
+    root: str | None = None  # a folder: the folder itself, ending in "/"
 
 
 def _is_glob(location: str) -> bool:
     return any(char in location for char in "*?[")
 
 
-def resolve_input(location: str) -> InputSpec:
+def resolve_input(location: str, *, recursive: bool = True) -> InputSpec:
     """Decides what ``--input`` is: a manifest (``.txt``/``.csv``/``.manifest``), a glob, or a
-    folder (its image files). A CSV manifest's header is read here to find its ``path`` column.
+    folder: its image files, in all its subfolders too when ``recursive``. A glob is taken as
+    given. A CSV manifest's header is read here to find its ``path`` column.
     """
     lowered = location.lower()
     if lowered.endswith(MANIFEST_EXTENSIONS) and not _is_glob(location):
@@ -69,10 +78,11 @@ def resolve_input(location: str) -> InputSpec:
     if _is_glob(location) or location.lower().endswith(IMAGE_EXTENSIONS):
         return InputSpec("glob", location)
     folder = location if location.endswith("/") else location + "/"
-    return InputSpec("glob", folder + "*", only_images=True)
+    return InputSpec("glob", folder + ("**" if recursive else "*"), only_images=True,
+                     root=folder)
 
 
-def parse_manifest_line(line: str, *, base: str, csv_column: Optional[int]) -> Optional[str]:
+def parse_manifest_line(line: str, *, base: str, csv_column: int | None) -> str | None:
     """One manifest line to a path; blank and ``#`` lines give None. Relative paths are taken
     from the manifest's own folder (``base``)."""
     if csv_column is not None:
@@ -90,7 +100,7 @@ def parse_manifest_line(line: str, *, base: str, csv_column: Optional[int]) -> O
     return posixpath.normpath(joined)
 
 
-def first_manifest_path(spec: InputSpec) -> Optional[str]:
+def first_manifest_path(spec: InputSpec) -> str | None:
     """The first path a manifest names, or None; reads only as far as that line."""
     with FileSystems.open(spec.location, compression_type="uncompressed") as handle:
         lines = io.TextIOWrapper(handle, encoding="utf-8", errors="replace")
@@ -104,8 +114,36 @@ def first_manifest_path(spec: InputSpec) -> Optional[str]:
     return None
 
 
-def _has_image_extension(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS)
+def listed_kind(path: str, root: str) -> str:
+    """What a folder listing found at ``path`` below ``root``: ``'image'``, ``'hidden'`` (the
+    file or a folder between it and ``root`` starts with a dot: ``.git/``, ``._a.jpg``, the
+    job's own probes) or ``'other'`` (no image extension: ``README.txt``, ``.json`` sidecars)."""
+    relative = path[len(root):] if path.startswith(root) else posixpath.basename(path)
+    if any(part.startswith(".") for part in relative.replace("\\", "/").split("/")):
+        return "hidden"
+    return "image" if path.lower().endswith(IMAGE_EXTENSIONS) else "other"
+
+
+class _SelectListedFn(beam.DoFn):
+    """Counts the listed paths; for a folder, passes on its visible image files only and
+    counts what it skips (a glob or manifest is taken as given)."""
+
+    def __init__(self, root: str | None):
+        self._root = root
+        self._listed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "files_listed")
+        self._hidden = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "files_skipped_hidden")
+        self._other = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
+                                                   "files_skipped_not_image")
+
+    def process(self, path: str) -> Iterator[str]:
+        kind = "image" if self._root is None else listed_kind(path, self._root)
+        if kind == "image":
+            self._listed.inc()
+            yield path
+        elif kind == "hidden":
+            self._hidden.inc()
+        else:
+            self._other.inc()
 
 
 class ReadImagePaths(beam.PTransform):
@@ -132,8 +170,8 @@ class ReadImagePaths(beam.PTransform):
                 | "MatchFiles" >> fileio.MatchFiles(
                     spec.location, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
                 | "MetadataToPath" >> beam.Map(lambda metadata: metadata.path))
-            if spec.only_images:
-                paths = paths | "KeepImageFiles" >> beam.Filter(_has_image_extension)
+        root = spec.root if spec.only_images else None
+        paths = paths | "SelectImageFiles" >> beam.ParDo(_SelectListedFn(root))
         # Each distinct path once; the reshuffle lets every worker take a share of the list.
         return paths | "DistinctPaths" >> beam.Distinct() | "SpreadPaths" >> beam.Reshuffle()
 
@@ -145,7 +183,7 @@ def max_file_bytes(max_pixels: int) -> int:
     return max_pixels * 8 + (16 << 20)
 
 
-def _local_file_problem(path: str) -> Optional[str]:
+def _local_file_problem(path: str) -> str | None:
     """Why a local path cannot be read as a file, or None (remote paths are not checked).
 
     Checked before opening: opening a FIFO blocks until something writes to it, which would
@@ -153,7 +191,7 @@ def _local_file_problem(path: str) -> Optional[str]:
     """
     if "://" in path and not path.startswith("file://"):
         return None
-    local = path[len("file://"):] if path.startswith("file://") else path
+    local = path.removeprefix("file://")
     try:
         mode = os.stat(local).st_mode
     except FileNotFoundError:
@@ -169,7 +207,9 @@ def _local_file_problem(path: str) -> Optional[str]:
     return None
 
 
-def _read_error_message(exc: Exception) -> str:
+def _read_error_message(exc: Exception, attempts: int) -> str:
+    if is_transient(exc):
+        return f"cannot read the file after {attempts} attempts: {type(exc).__name__}: {exc}"
     if isinstance(exc, PermissionError):
         return f"permission denied: the job's user cannot read it; fix its permissions ({exc})"
     if isinstance(exc, FileNotFoundError):
@@ -184,8 +224,11 @@ class ReadAndDecodeFn(beam.DoFn):
     recorded with its reason, not fail the bundle or vanish.
     """
 
-    def __init__(self, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+    def __init__(self, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 retry: RetryPolicy = DEFAULT_READ_RETRY):
         self._max_pixels = max_pixels
+        self._retry = retry
+        self._retries = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read_retries")
         self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_read")
         self._decoded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_decoded")
         self._failed_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_failed_read")
@@ -194,15 +237,21 @@ class ReadAndDecodeFn(beam.DoFn):
         self._bytes = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "image_bytes")
 
     def _read_bytes(self, path: str) -> bytes:
-        problem = _local_file_problem(path)
+        problem = _local_file_problem(path)  # folders, FIFOs, missing files: never retried
         if problem is not None:
             raise _ReadError(problem)
         limit = max_file_bytes(self._max_pixels)
-        try:
+
+        def read() -> bytes:
             with FileSystems.open(path, compression_type="uncompressed") as handle:
-                data = handle.read(limit + 1)
+                return handle.read(limit + 1)
+
+        try:
+            # On top of the filesystem's own retries: what still fails transiently (a reset
+            # mid-body, throttling, a network mount's EIO) gets a few more tries.
+            data = call_with_retries(read, self._retry, on_retry=lambda _: self._retries.inc())
         except Exception as exc:  # pylint: disable=broad-except
-            raise _ReadError(_read_error_message(exc)) from exc
+            raise _ReadError(_read_error_message(exc, self._retry.attempts)) from exc
         if len(data) > limit:
             raise _ReadError(f"file is over {limit} bytes, more than any image within "
                              f"--max_image_pixels={self._max_pixels} needs (raise that option if "
