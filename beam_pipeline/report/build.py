@@ -1,0 +1,115 @@
+"""Assembles the report from complete runs: reads only the columns it needs, queries them, cuts
+only the pictures shown, and returns the page."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow.compute as pc
+
+from beam_pipeline.report import data, figures, page, pictures
+from beam_pipeline.report.data import Crop, Filters
+
+__all__ = ["DETECTION_COLUMNS", "IMAGE_COLUMNS", "build_report", "read_view"]
+
+IMAGE_COLUMNS = ("image_path", "width", "height", "status", "error_stage", "error",
+                 "num_detections")
+DETECTION_COLUMNS = data.CROP_COLUMNS
+ALL = Filters()
+
+
+def read_view(outputs: Sequence[str]):
+    """(images, detections) of the latest view, only the report's columns."""
+    return (data.load_view(outputs, "images", IMAGE_COLUMNS),
+            data.load_view(outputs, "detections", DETECTION_COLUMNS))
+
+
+def _histograms(detections, filters: Filters) -> list[str]:
+    shown = data.apply_filters(detections, filters)
+    labels = shown["label"].to_numpy(zero_copy_only=False) if shown.num_rows else np.array([])
+    confidence = shown["confidence"].to_numpy() if shown.num_rows else np.array([])
+    by_label = {str(v): figures.binned(confidence[labels == v]) for v in np.unique(labels)}
+    detector = pc.coalesce(shown["detector_label"], pc.cast(shown["detector_class_id"], "string")) \
+        if shown.num_rows else None
+    names = detector.to_numpy(zero_copy_only=False) if detector is not None else np.array([])
+    scores = shown["detector_score"].to_numpy() if shown.num_rows else np.array([])
+    by_class = {str(v): figures.binned(scores[names == v]) for v in np.unique(names)}
+    return [page.figure_img(figures.histogram_svg(by_label, xlabel="classifier confidence",
+                                                  title="Confidence per label"),
+                            "confidence histograms per label"),
+            page.figure_img(figures.histogram_svg(by_class, xlabel="detector score",
+                                                  title="Detector score per detector class"),
+                            "detector score histograms")]
+
+
+def build_report(outputs: Sequence[str], *, per_label: int = 8, whole_images: int = 3,
+                 filters: Filters = ALL, compare: Sequence[str] | None = None,
+                 compare_name: str = "", max_changes: int = 20) -> str:
+    """The report page for the latest view of ``outputs`` (complete output folders, oldest run
+    first): totals, histograms, errors, a gallery per label of the ``per_label`` least and most
+    confident crops and ``whole_images`` images with their boxes; with ``compare``, what
+    differs from that view."""
+    images, detections = read_view(outputs)
+    shown = data.apply_filters(detections, filters)
+    counts = data.label_counts(shown)
+    labels = sorted(counts)
+    gallery: dict[str, tuple[list[Crop], list[Crop], list[str]]] = {}
+    wanted: list[Crop] = []
+    whole: dict[str, list[Crop]] = {}
+    for label in labels:
+        least, most = data.extremes(shown, label, per_label)
+        paths = list(dict.fromkeys(c.image_path for c in least))[:whole_images]
+        gallery[label] = (least, most, paths)
+        wanted += least + most
+        for path in paths:
+            whole.setdefault(path, [])
+    if whole:  # every box of the images drawn, whatever the filter
+        for crop in data.to_crops(data.rows_of_images(detections, list(whole))):
+            whole[crop.image_path].append(crop)
+
+    changes_html = ""
+    if compare is not None:
+        other_images, other_detections = read_view(compare)
+        other_shown = data.apply_filters(other_detections, filters)
+        changes = data.changed_images(images, shown, other_images, other_shown)
+        listed = changes[:max_changes]
+        paths = [c.image_path for c in listed]
+        side = {p: ([], []) for p in paths}
+        for crop in data.to_crops(data.rows_of_images(shown, paths)):
+            side[crop.image_path][0].append(crop)
+        for crop in data.to_crops(data.rows_of_images(other_shown, paths)):
+            side[crop.image_path][1].append(crop)
+        wanted += [c for mine, theirs in side.values() for c in mine + theirs]
+    crop_pictures, whole_pictures = pictures.render_pictures(wanted, whole)
+    if compare is not None:
+        changes_html = page.changes_section(
+            counts, data.label_counts(other_shown), changes, listed, side,
+            crop_pictures, compare_name or ", ".join(compare))
+
+    sections = [page.totals_section(data.totals(images, detections)),
+                "<h2>Confidence and detector score</h2>", *_histograms(detections, filters),
+                page.errors_section(data.error_groups(images)), changes_html,
+                "<h2>Gallery per label</h2>"]
+    if not labels:
+        sections.append("<p>No regions to show.</p>")
+    for label in labels:
+        least, most, paths = gallery[label]
+        sections += [f"<h3>{html.escape(label)} ({counts[label]} regions)</h3>",
+                     f"<h4>{len(least)} least confident</h4>",
+                     page.crop_cards(least, crop_pictures),
+                     f"<h4>{len(most)} most confident</h4>",
+                     page.crop_cards(most, crop_pictures),
+                     (f"<h4>{len(paths)} images with the least confident {html.escape(label)}"
+                      "</h4>"), page.whole_cards(paths, whole_pictures)]
+    described = ", ".join(html.escape(o) for o in outputs) or "no complete run"
+    narrowed = []
+    if filters.labels is not None:
+        narrowed.append("labels " + ", ".join(sorted(filters.labels)))
+    if (filters.min_confidence, filters.max_confidence) != (0.0, 1.0):
+        narrowed.append(f"confidence {filters.min_confidence:g} to {filters.max_confidence:g}")
+    meta = (f"{len(outputs)} complete run(s): {described}."
+            + (f" Histograms and galleries show {html.escape('; '.join(narrowed))}; totals count"
+               " everything." if narrowed else ""))
+    return page.render_page("Detections report", meta, sections)
