@@ -28,7 +28,11 @@ def histogram_svg(counts: Mapping[str, np.ndarray], *, xlabel: str, title: str,
     names = list(counts) or ["(no rows)"]
     rows = -(-len(names) // columns)
     cols = min(columns, len(names))
-    figure = Figure(figsize=(3.2 * cols, 2.3 * rows + 0.4), layout="constrained")
+    height = 2.3 * rows + 0.5
+    figure = Figure(figsize=(3.2 * cols, height))
+    # Fixed margins: a layout engine costs more than the drawing itself.
+    figure.subplots_adjust(left=0.55 / (3.2 * cols), right=1 - 0.15 / (3.2 * cols),
+                           bottom=0.5 / height, top=1 - 0.55 / height, wspace=0.35, hspace=0.75)
     axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False).ravel())
     for ax, name in zip(axes, names):
         values = counts.get(name, np.zeros(len(bins) - 1, int))
@@ -38,6 +42,7 @@ def histogram_svg(counts: Mapping[str, np.ndarray], *, xlabel: str, title: str,
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("regions", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.yaxis.get_major_locator().set_params(integer=True)
     for ax in axes[len(names):]:
         ax.set_visible(False)
     figure.suptitle(title, fontsize=10)
