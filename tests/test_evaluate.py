@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from training import evaluate
-from transforms.records import DETECTIONS_SCHEMA
+from transforms.records import DETECTIONS_SCHEMA, DetectionRow
 
 NAMES = ["particle", "scratch", "stain", "bridge", "void"]
 NUM_IMAGES = 10  # two GT boxes per image, 20 in all, every class four times
@@ -41,12 +41,12 @@ def _rows(coco: dict, *, shift: float = 0.0, keep=lambda k: True, label=None, sc
         x, y, w, h = a["bbox"]
         x += shift * w
         truth = NAMES[a["category_id"] - 1]
-        rows.append({"image_path": f"/data/in/img_{a['image_id'] - 1}.png", "roi_index": k,
-                     "box_ymin": y, "box_xmin": x, "box_ymax": y + h, "box_xmax": x + w,
-                     "detector_class_id": 1, "detector_label": detector_label,
-                     "detector_score": score, "class_id": a["category_id"],
-                     "label": label(k, truth) if label else truth, "confidence": 0.8,
-                     "detector_model": "det", "classifier_model": "cls"})
+        rows.append(DetectionRow(
+            image_path=f"/data/in/img_{a['image_id'] - 1}.png", roi_index=k,
+            box_ymin=y, box_xmin=x, box_ymax=y + h, box_xmax=x + w, detector_class_id=1,
+            detector_label=detector_label, detector_score=score, class_id=a["category_id"],
+            label=label(k, truth) if label else truth, confidence=0.8, detector_model="det",
+            classifier_model="cls").to_dict())
     return rows
 
 
@@ -154,11 +154,42 @@ def test_greedy_match_prefers_higher_score():
     assert evaluate.greedy_match(dets, np.array([0.2, 0.9]), gt) == [(1, 0)]
 
 
-def test_read_label_map(tmp_path):
-    path = tmp_path / "label_map.pbtxt"
-    path.write_text("item {\n  id: 1\n  name: 'defect'\n  display_name: 'defect'\n}\n"
-                    'item { id: 2 name: "other" }\n')
-    assert evaluate.read_label_map(str(path)) == {1: "defect", 2: "other"}
+def test_main_names_null_detector_labels_as_the_job_does(tmp_path, coco, capsys):
+    # The job prefers display_name over name (transforms.labels); the evaluator reads the map
+    # the same way, so a class named 'c2' with display_name 'particle' counts as 'particle'.
+    rows = _rows(coco, detector_label=None)
+    for r in rows:
+        r["detector_class_id"] = 2
+    _write(rows, str(tmp_path / "out" / "detections" / "d.parquet"))
+    ann = tmp_path / "annotations.json"
+    ann.write_text(json.dumps(coco))
+    label_map = tmp_path / "label_map.pbtxt"
+    label_map.write_text("item { id: 2 name: 'c2' display_name: 'particle' }\n")
+    evaluate.main(["--detections", str(tmp_path / "out"), "--annotations", str(ann),
+                   "--label_map", str(label_map)])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    particles = sum(a["category_id"] == 1 for a in coco["annotations"])
+    assert result["detector_label_accuracy"] == pytest.approx(particles / 20)
+
+
+def test_evaluate_recall_counts_scored_rows_only(tmp_path, coco):
+    # 15 of 20 boxes found; 5 of the found ones labelled background: recall 10/20 by default,
+    # 15/20 with background rows scored; label accuracy still sees all 15 matches.
+    rows = _rows(coco, keep=lambda k: k % 4 != 3,
+                 label=lambda k, truth: evaluate.BACKGROUND if k % 4 == 0 else truth)
+    m = _run(tmp_path, coco, rows)
+    assert m["recall50"] == pytest.approx(10 / 20)
+    assert m["matched"] == 15
+    assert evaluate.evaluate(str(tmp_path / "out"), coco,
+                             include_background=True)["recall50"] == pytest.approx(15 / 20)
+
+
+def test_greedy_match_takes_corner_boxes():
+    # [ymin, xmin, ymax, xmax]: a tall thin GT box and a detection on its right half (IoU 0.5),
+    # and one across its top (IoU 0.1).
+    gt = np.array([[0, 0, 100, 10]], float)
+    assert evaluate.greedy_match(np.array([[0, 5, 100, 10]], float), np.ones(1), gt) == [(0, 0)]
+    assert evaluate.greedy_match(np.array([[0, 0, 10, 10]], float), np.ones(1), gt) == []
 
 
 def test_main_prints_json_last(tmp_path, coco, capsys):

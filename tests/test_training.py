@@ -58,6 +58,7 @@ def test_augment_batch_matches_targets_of_transformed_boxes(hflip, vflip, transp
     assert all(a.flags["C_CONTIGUOUS"] for a in (x, h, r, m))
 
 
+@pytest.mark.e2e
 def test_train_detector_smoke_exports_od_api_signature(tmp_path):
     import tensorflow as tf
 

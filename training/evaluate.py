@@ -20,7 +20,10 @@ Metrics:
   ground-truth box (IoU >= 0.5, greedy by ``detector_score``, one detection per box), the fraction
   whose label equals the ground-truth category name. All rows take part here, ``background`` ones
   included: calling a real defect background is a classifier error. The detector's label is
-  ``detector_label``, or when null the ``--label_map`` name of ``detector_class_id``.
+  ``detector_label``, or when null the ``--label_map`` label of ``detector_class_id``, read as the
+  job reads it (``transforms.labels``: ``display_name``, else ``name``).
+* ``recall50``: the fraction of ground-truth boxes matched (the same greedy rule) by a scored
+  row (same row filter as AP): the share of defects the output finds.
 
 The last line printed is one JSON object with all figures. No TensorFlow needed.
 """
@@ -30,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -38,7 +40,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-__all__ = ["BACKGROUND", "evaluate", "greedy_match", "load_detections", "read_label_map"]
+from transforms.boxes import iou_matrix
+from transforms.labels import read_label_map
+
+__all__ = ["BACKGROUND", "evaluate", "greedy_match", "load_detections"]
 
 BACKGROUND = "background"
 MATCH_IOU = 0.5
@@ -57,36 +62,15 @@ def load_detections(path: str) -> pa.Table:
     return ds.dataset(path, format="parquet").to_table()
 
 
-def read_label_map(path: str) -> dict[int, str]:
-    """Parse the ``id`` -> ``name`` pairs of an OD API ``label_map.pbtxt``."""
-    with open(path) as f:
-        text = f.read()
-    names = {}
-    for item in re.findall(r"item\s*\{(.*?)\}", text, flags=re.S):
-        m_id = re.search(r"\bid\s*:\s*(\d+)", item)
-        m_name = re.search(r"\bname\s*:\s*['\"]([^'\"]*)['\"]", item)
-        if m_id and m_name:
-            names[int(m_id.group(1))] = m_name.group(1)
-    return names
-
-
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of [N,4] and [M,4] boxes in COCO [x, y, w, h]."""
-    ax2, ay2 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
-    bx2, by2 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
-    iw = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(ay2[:, None], by2[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
-    return inter / np.maximum(union, 1e-9)
-
-
 def greedy_match(det_boxes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray,
                  iou_threshold: float = MATCH_IOU) -> list[tuple[int, int]]:
-    """Match detections (highest score first) to the free GT box of highest IoU >= threshold."""
+    """Match detections (highest score first) to the free GT box of highest IoU >= threshold.
+
+    Boxes are ``[ymin, xmin, ymax, xmax]``; returns ``(detection index, GT index)`` pairs.
+    """
     if len(det_boxes) == 0 or len(gt_boxes) == 0:
         return []
-    ious = _iou_matrix(np.asarray(det_boxes, float), np.asarray(gt_boxes, float))
+    ious = iou_matrix(det_boxes, gt_boxes)
     taken = np.zeros(len(gt_boxes), bool)
     pairs = []
     for d in np.argsort(-np.asarray(scores), kind="stable"):
@@ -129,10 +113,11 @@ def evaluate(detections: Union[str, pa.Table], annotations: Union[str, dict], *,
     rows = table.to_pydict()
     n = table.num_rows
     img_ids = [image_id.get(os.path.basename(p)) for p in rows["image_path"]]
-    boxes = np.stack([rows["box_xmin"], rows["box_ymin"],
-                      np.subtract(rows["box_xmax"], rows["box_xmin"]),
-                      np.subtract(rows["box_ymax"], rows["box_ymin"])], 1).astype(float) \
-        if n else np.zeros((0, 4))
+    corners = np.stack([rows[k] for k in ("box_ymin", "box_xmin", "box_ymax", "box_xmax")],
+                       1).astype(float) if n else np.zeros((0, 4))
+    # COCO's [x, y, w, h] for faster-coco-eval.
+    boxes = np.stack([corners[:, 1], corners[:, 0], corners[:, 3] - corners[:, 1],
+                      corners[:, 2] - corners[:, 0]], 1)
     known = [i for i in range(n) if img_ids[i] is not None]
     kept = [i for i in known if include_background or rows["label"][i] != BACKGROUND]
 
@@ -162,18 +147,24 @@ def evaluate(detections: Union[str, pa.Table], annotations: Union[str, dict], *,
     metrics["mean_class_ap"] = float(np.nanmean([v["ap"] for v in per_class.values()])) \
         if per_class else float("nan")
 
-    # Label accuracy over GT-matched detections (all rows, background included).
+    # Label accuracy over GT-matched detections (all rows, background included); recall over
+    # the scored rows only.
     gt_by_image: dict[int, list[dict]] = {}
     for a in annotations["annotations"]:
         gt_by_image.setdefault(a["image_id"], []).append(a)
     det_by_image: dict[int, list[int]] = {}
     for i in known:
         det_by_image.setdefault(img_ids[i], []).append(i)
-    det_correct = cls_correct = matched = 0
+    scores = np.asarray(rows["detector_score"], float)
+    scored = set(kept)
+    det_correct = cls_correct = matched = found = 0
     for img, idx in det_by_image.items():
         gts = gt_by_image.get(img, [])
-        pairs = greedy_match(boxes[idx], np.asarray(rows["detector_score"])[idx],
-                             np.array([g["bbox"] for g in gts], float).reshape(-1, 4))
+        gt_corners = np.array([[y, x, y + h, x + w] for x, y, w, h in (g["bbox"] for g in gts)],
+                              float).reshape(-1, 4)
+        idx_scored = [i for i in idx if i in scored]
+        found += len(greedy_match(corners[idx_scored], scores[idx_scored], gt_corners))
+        pairs = greedy_match(corners[idx], scores[idx], gt_corners)
         for d, g in pairs:
             i, truth = idx[d], cats[gts[g]["category_id"]]
             det_label = rows["detector_label"][i]
@@ -185,6 +176,8 @@ def evaluate(detections: Union[str, pa.Table], annotations: Union[str, dict], *,
     metrics.update({
         "detector_label_accuracy": det_correct / matched if matched else float("nan"),
         "classifier_label_accuracy": cls_correct / matched if matched else float("nan"),
+        "recall50": found / len(annotations["annotations"]) if annotations["annotations"]
+        else float("nan"),
         "matched": matched,
         "num_images": len(annotations["images"]),
         "num_images_with_detections": len(det_by_image),
@@ -201,8 +194,8 @@ def evaluate(detections: Union[str, pa.Table], annotations: Union[str, dict], *,
 def format_table(metrics: dict[str, Any]) -> str:
     """Human-readable summary of ``evaluate``'s result."""
     lines = [f"{'metric':<28}{'value':>10}"]
-    for key in ("ap", "ap50", "ap75", "ar100", "mean_class_ap", "detector_label_accuracy",
-                "classifier_label_accuracy"):
+    for key in ("ap", "ap50", "ap75", "ar100", "recall50", "mean_class_ap",
+                "detector_label_accuracy", "classifier_label_accuracy"):
         lines.append(f"{key:<28}{metrics[key]:>10.4f}")
     for key in ("num_images", "num_images_with_detections", "num_gt", "num_rows",
                 "num_detections_scored", "num_background", "matched", "num_rows_unknown_image"):

@@ -20,6 +20,8 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
+from transforms.boxes import iou_matrix
+
 __all__ = [
     "CATEGORIES",
     "CATEGORY_NAMES",
@@ -160,15 +162,6 @@ _STAMPS = {1: _stamp_particle, 2: _stamp_scratch, 3: _stamp_stain, 4: _stamp_bri
            5: _stamp_void}
 
 
-def _iou(a: list[float], b: list[float]) -> float:
-    ax1, ay1, aw, ah = a
-    bx1, by1, bw, bh = b
-    iw = max(0.0, min(ax1 + aw, bx1 + bw) - max(ax1, bx1))
-    ih = max(0.0, min(ay1 + ah, by1 + bh) - max(ay1, by1))
-    inter = iw * ih
-    return inter / (aw * ah + bw * bh - inter + 1e-9)
-
-
 def render_image(seed: int, index: int, width: int = 512, height: int = 512, *,
                  max_defects: int = MAX_DEFECTS) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Render one image (``max_defects`` above the default only to densify training data).
@@ -202,7 +195,9 @@ def render_image(seed: int, index: int, width: int = 512, height: int = 512, *,
                 float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
         if bbox[2] < 4 or bbox[3] < 4:
             continue
-        if any(_iou(bbox, o["bbox"]) > _MAX_OVERLAP_IOU for o in objects):
+        # COCO [x, y, w, h] to [ymin, xmin, ymax, xmax]: exact, the values are whole numbers.
+        corners = [[y, x, y + h, x + w] for x, y, w, h in [bbox] + [o["bbox"] for o in objects]]
+        if objects and iou_matrix(corners[:1], corners[1:]).max() > _MAX_OVERLAP_IOU:
             continue
         region = image[iy0:iy1, ix0:ix1]
         a = m[..., None]

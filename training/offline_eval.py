@@ -1,100 +1,206 @@
-"""Run detector + crops + classifier in a plain loop and write Parquet like the pipeline does.
+"""The whole job as one plain loop (no Beam): decode, detect, select, crop, classify, rows.
 
 Usage::
 
-    python -m training.offline_eval --images DIR/images --output OUT [--min_score 0.05]
+    python -m training.offline_eval --input DIR/images --output OUT --min_score 0.3
     python -m training.evaluate --detections OUT --annotations DIR/annotations.json
 
-A stand-in for the Beam job when measuring the bundled models: same crop rule
-(``training.crops.crop_box``), same ``/ 255`` preprocessing, same ``DETECTIONS_SCHEMA``, written to
-``OUT/detections/detections-00000-of-00001.parquet``. ``--min_score`` defaults low (0.05) so that
-AP sees the whole precision-recall curve; the pipeline's own default is 0.5.
+``run_loop`` is built from the job's own pieces (``transforms``: ``decode_image``,
+``DetectorModel``, ``select_regions``, ``crop_box`` + ``resize_to``, ``ClassifierModel``,
+``DetectionRow``), so its rows equal the job's rows for the same settings
+(``tests/test_offline_eval.py`` checks it). The evaluator's threshold calibration and the
+benchmark's plain-loop row use it. What the job writes to ``images`` (failed paths) is not
+reproduced: an image that fails to read, decode or detect, or a region whose classification
+fails, just gives no row. The command writes ``OUT/detections/part-00000-of-00001.parquet``.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import time
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
-import cv2
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from training.crops import crop_box
-from training.evaluate import read_label_map
-from transforms.records import DETECTIONS_SCHEMA
+from transforms.boxes import crop_box, resize_to
+from transforms.decoding import decode_image
+from transforms.records import DetectionRow
+from transforms.regions import select_regions
 
-__all__ = ["run"]
+__all__ = ["list_images", "run_loop", "write_detections"]
 
 
-def run(images_dir: str, output: str, *, detector_dir: str, classifier_dir: str,
-        min_score: float) -> dict:
-    """Detect, crop, classify every image of ``images_dir``; returns timing figures."""
-    import keras
-    import tensorflow as tf
+def _read_bytes(path: str) -> bytes:
+    from apache_beam.io.filesystems import FileSystems
 
-    detect = tf.saved_model.load(os.path.join(detector_dir, "saved_model")).signatures[
-        "serving_default"]
-    label_map = read_label_map(os.path.join(detector_dir, "label_map.pbtxt"))
-    model = keras.models.load_model(os.path.join(classifier_dir, "classifier.keras"))
-    size = int(model.input_shape[1])
-    with open(os.path.join(classifier_dir, "labels.txt")) as f:
-        labels = [line.strip() for line in f if line.strip()]
-    classify = tf.function(lambda x: model(x, training=False),
-                           input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return handle.read()
 
-    rows, t_det, t_cls = [], 0.0, 0.0
-    names = sorted(os.listdir(images_dir))
-    for name in names:
-        path = os.path.join(images_dir, name)
-        image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        h, w = image.shape[:2]
-        t = time.perf_counter()
-        out = detect(input_tensor=tf.constant(image[None]))
-        n = int(out["num_detections"][0])
-        boxes = out["detection_boxes"][0, :n].numpy() * np.array([h, w, h, w], np.float32)
-        scores = out["detection_scores"][0, :n].numpy()
-        classes = out["detection_classes"][0, :n].numpy().astype(int)
-        t_det += time.perf_counter() - t
-        keep = np.nonzero(scores >= min_score)[0]
-        if len(keep) == 0:
+
+def _classify_rows(pending: list[tuple[dict[str, Any], np.ndarray]], classifier: Any,
+                   labels: Sequence[str], preprocess_mode: str) -> list[dict[str, Any]]:
+    """Classifies one batch of ``(row fields, crop)``; failures drop their regions, as the
+    job's dead letters do."""
+    try:
+        probabilities = classifier.classify([crop for _, crop in pending], preprocess_mode)
+    except Exception:  # noqa: BLE001 - any failure of the batch, as the job's dead letters
+        return []  # the job counts a failed batch against each of its images; no rows
+    rows = []
+    for (fields, _), row in zip(pending, probabilities):
+        if not np.all(np.isfinite(row)):
             continue
-        crops = np.stack([crop_box(image, tuple(boxes[i]), size) for i in keep])
-        t = time.perf_counter()
-        probs = classify(tf.constant(crops.astype(np.float32) / 255.0)).numpy()
-        t_cls += time.perf_counter() - t
-        for roi, (i, p) in enumerate(zip(keep, probs)):
-            k = int(np.argmax(p))
-            rows.append({"image_path": os.path.abspath(path), "roi_index": roi,
-                         "box_ymin": boxes[i, 0], "box_xmin": boxes[i, 1],
-                         "box_ymax": boxes[i, 2], "box_xmax": boxes[i, 3],
-                         "detector_class_id": int(classes[i]),
-                         "detector_label": label_map.get(int(classes[i])),
-                         "detector_score": float(scores[i]), "class_id": k, "label": labels[k],
-                         "confidence": float(p[k]), "detector_model": detector_dir,
-                         "classifier_model": classifier_dir})
+        best = int(np.argmax(row))
+        if not 0 <= best < len(labels):
+            continue
+        rows.append(DetectionRow(class_id=best, label=labels[best],
+                                 confidence=float(row[best]), **fields).to_dict())
+    return rows
+
+
+def run_loop(paths: Sequence[str], *, detector: Any, classifier: Any, labels: Sequence[str],
+             detector_labels: Optional[Mapping[int, str]], min_score: float,
+             max_detections: int = 100, crop_padding: float = 0.0,
+             preprocess_mode: str = "unit", batch_size: int = 64, detector_model: str = "",
+             classifier_model: str = "") -> list[dict[str, Any]]:
+    """Runs the job's stages over ``paths`` in order, one image at a time.
+
+    Args:
+        paths: image paths (any Beam filesystem); ``image_path`` of the rows, as given.
+        detector: a loaded ``transforms.detection.DetectorModel``.
+        classifier: a loaded ``transforms.classification.ClassifierModel``.
+        labels: the classifier's labels, in its output order.
+        detector_labels: ``detector_class_id`` -> ``detector_label`` (None: labels are null).
+        min_score, max_detections, crop_padding, preprocess_mode: as the job's options.
+        batch_size: crops per classifier call (regions of several images share a call).
+        detector_model, classifier_model: the values written in those columns.
+
+    Returns:
+        Detection rows, dicts of ``DetectionRow.to_dict()``, in path and ``roi_index`` order.
+    """
+    names = dict(detector_labels or {})
+    height, width = classifier.input_height, classifier.input_width
+    rows: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], np.ndarray]] = []
+    for path in paths:
+        try:
+            pixels = decode_image(_read_bytes(path))
+        except Exception:  # noqa: BLE001, S112 - one bad image never stops the loop
+            continue  # the job writes a 'read' or 'decode' error row for it
+        (found,) = detector.detect([pixels])
+        if found.error is not None:
+            continue
+        keep, boxes, _ = select_regions(found, pixels.shape[0], pixels.shape[1],
+                                        min_score=min_score, max_detections=max_detections,
+                                        padding=crop_padding)
+        for roi_index, (index, box) in enumerate(zip(keep, boxes)):
+            ymin, xmin, ymax, xmax = (float(v) for v in box)
+            class_id = int(found.classes[index])
+            fields = {"image_path": path, "roi_index": roi_index, "box_ymin": ymin,
+                      "box_xmin": xmin, "box_ymax": ymax, "box_xmax": xmax,
+                      "detector_class_id": class_id, "detector_label": names.get(class_id),
+                      "detector_score": float(found.scores[index]),
+                      "detector_model": detector_model, "classifier_model": classifier_model}
+            pending.append((fields, resize_to(crop_box(pixels, box), height, width)))
+            if len(pending) == batch_size:
+                rows += _classify_rows(pending, classifier, labels, preprocess_mode)
+                pending = []
+    if pending:
+        rows += _classify_rows(pending, classifier, labels, preprocess_mode)
+    return rows
+
+
+def list_images(location: str) -> list[str]:
+    """The image files of a folder (by extension, as the job lists a folder) or of a glob,
+    sorted."""
+    from transforms.reading import IMAGE_EXTENSIONS
+
+    if os.path.isdir(location):
+        return sorted(os.path.join(location, name) for name in os.listdir(location)
+                      if name.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(glob.glob(location))
+
+
+def write_detections(rows: Sequence[Mapping[str, Any]], output: str) -> str:
+    """Writes ``rows`` as ``output/detections/part-00000-of-00001.parquet``; returns its path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from transforms.records import DETECTIONS_SCHEMA
+
     folder = os.path.join(output, "detections")
     os.makedirs(folder, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=DETECTIONS_SCHEMA),
-                   os.path.join(folder, "detections-00000-of-00001.parquet"))
-    return {"images": len(names), "rows": len(rows),
-            "detector_ms_per_image": 1000 * t_det / max(len(names), 1),
-            "classifier_ms_per_image": 1000 * t_cls / max(len(names), 1)}
+    path = os.path.join(folder, "part-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(list(rows), schema=DETECTIONS_SCHEMA), path)
+    return path
+
+
+def load_models(detector_model: str, classifier_model: str, *, safe_mode: bool = True
+                ) -> tuple[Any, Any]:
+    """Loads a ``DetectorModel`` and a ``ClassifierModel`` (paths as the job takes them,
+    ``bundled:...`` included)."""
+    from transforms.classification import ClassifierModel
+    from transforms.detection import DetectorModel
+    from transforms.model_files import local_model_path
+    from transforms.tf_runtime import configure_tensorflow
+
+    configure_tensorflow()
+    return (DetectorModel(local_model_path(detector_model)),
+            ClassifierModel(local_model_path(classifier_model), safe_mode=safe_mode))
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    from transforms.labels import read_label_map, read_labels
+    from transforms.model_files import (
+        DEFAULT_CLASSIFIER,
+        DEFAULT_CLASSIFIER_LABELS,
+        DEFAULT_DETECTOR,
+        DEFAULT_DETECTOR_LABEL_MAP,
+        resolve_model_path,
+    )
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", required=True, help="Folder of images.")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--detector", default="models/detector")
-    parser.add_argument("--classifier", default="models/classifier")
-    parser.add_argument("--min_score", type=float, default=0.05)
+    parser.add_argument("--input", required=True, help="Folder of images, or a glob.")
+    parser.add_argument("--output", required=True, help="Gets detections/ Parquet.")
+    parser.add_argument("--detector_model", default=DEFAULT_DETECTOR)
+    parser.add_argument("--detector_label_map", default=None,
+                        help="Default: the bundled map with the bundled detector, else none.")
+    parser.add_argument("--classifier_model", default=DEFAULT_CLASSIFIER)
+    parser.add_argument("--classifier_labels", default=None,
+                        help="Default: the bundled labels with the bundled classifier "
+                             "(required with another classifier).")
+    parser.add_argument("--min_score", type=float, required=True,
+                        help="Keep detections scoring at least this (0..1).")
+    parser.add_argument("--max_detections", type=int, default=100)
+    parser.add_argument("--crop_padding", type=float, default=0.0)
+    parser.add_argument("--classifier_preprocess", default="unit")
+    parser.add_argument("--classifier_batch_size", type=int, default=64)
     args = parser.parse_args(argv)
-    print(run(args.images, args.output, detector_dir=args.detector,
-              classifier_dir=args.classifier, min_score=args.min_score))
+    label_map = args.detector_label_map or (
+        DEFAULT_DETECTOR_LABEL_MAP if args.detector_model == DEFAULT_DETECTOR else None)
+    labels = args.classifier_labels or (
+        DEFAULT_CLASSIFIER_LABELS if args.classifier_model == DEFAULT_CLASSIFIER else None)
+    if labels is None:
+        parser.error("--classifier_labels is required with a classifier other than the bundled")
+
+    start = time.perf_counter()
+    detector, classifier = load_models(args.detector_model, args.classifier_model)
+    loaded = time.perf_counter()
+    paths = list_images(args.input)
+    rows = run_loop(
+        paths, detector=detector, classifier=classifier,
+        labels=read_labels(resolve_model_path(labels)),
+        detector_labels=read_label_map(resolve_model_path(label_map)) if label_map else None,
+        min_score=args.min_score, max_detections=args.max_detections,
+        crop_padding=args.crop_padding, preprocess_mode=args.classifier_preprocess,
+        batch_size=args.classifier_batch_size, detector_model=args.detector_model,
+        classifier_model=args.classifier_model)
+    path = write_detections(rows, args.output)
+    done = time.perf_counter()
+    print(f"{len(paths)} images, {len(rows)} rows in {path}; models loaded in "
+          f"{loaded - start:.1f} s, loop {done - loaded:.1f} s")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ The defaults are the settings of the bundled classifier (about 12 minutes on 2 C
 Input: 64x64x3 float RGB already scaled to [0, 1] by the caller (the pipeline's default
 ``--classifier_preprocess unit`` divides uint8 by 255; the model has no Rescaling layer).
 Output: softmax over ``LABELS`` in that order (also written to ``labels.txt``).
-Crops are cut exactly as the pipeline cuts them (``training.crops.crop_box``) from ground-truth
-boxes with random jitter, plus background boxes that barely touch any defect.
+Crops are cut exactly as the pipeline cuts them (``transforms.boxes``: ``clip_boxes``,
+``crop_box``, ``resize_to``) from ground-truth boxes with random jitter, plus background boxes
+that barely touch any defect.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from training.crops import crop_box
 from training.generate import CATEGORY_NAMES, render_image
+from transforms.boxes import clip_boxes, crop_box, intersection_areas, resize_to
 
 __all__ = ["INPUT_SIZE", "LABELS", "build_model", "make_crops", "train"]
 
@@ -37,11 +38,11 @@ def _overlap_fraction(box: np.ndarray, gts: np.ndarray) -> float:
     """Largest fraction of ``box`` (y0, x0, y1, x1) covered by one of ``gts``."""
     if len(gts) == 0:
         return 0.0
-    ih = np.clip(np.minimum(box[2], gts[:, 2]) - np.maximum(box[0], gts[:, 0]), 0, None)
-    iw = np.clip(np.minimum(box[3], gts[:, 3]) - np.maximum(box[1], gts[:, 1]), 0, None)
+    box = np.asarray(box, np.float64)
     gt_area = (gts[:, 2] - gts[:, 0]) * (gts[:, 3] - gts[:, 1])
     # Covered part of the box, or of the defect: a box inside a big stain is not background.
-    return float(np.max(ih * iw / np.minimum((box[2] - box[0]) * (box[3] - box[1]), gt_area)))
+    return float(np.max(intersection_areas(box, gts)[0]
+                        / np.minimum((box[2] - box[0]) * (box[3] - box[1]), gt_area)))
 
 
 def make_crops(seed: int, num_images: int, *, size: int = 512, jitters: int = 2,
@@ -58,20 +59,20 @@ def make_crops(seed: int, num_images: int, *, size: int = 512, jitters: int = 2,
             for _ in range(jitters):
                 # Each edge moves by up to 15% of the box size: detector boxes are not exact.
                 d = rng.uniform(-0.15, 0.15, 4) * np.array([bh, bw, bh, bw])
-                box = np.clip(gt + d, 0, size)
+                box = clip_boxes(gt + d, size, size)[0]
                 if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                     continue
-                crops.append(crop_box(pixels, tuple(box), INPUT_SIZE))
+                crops.append(resize_to(crop_box(pixels, box), INPUT_SIZE, INPUT_SIZE))
                 labels.append(o["category_id"] - 1)
         made = tries = 0
         while made < backgrounds and tries < 50:
             tries += 1
             bh, bw = np.exp(rng.uniform(np.log(5), np.log(160), 2))
             y0, x0 = rng.uniform(-bh / 4, size - 3 * bh / 4), rng.uniform(-bw / 4, size - 3 * bw / 4)
-            box = np.clip([y0, x0, y0 + bh, x0 + bw], 0, size)
+            box = clip_boxes([y0, x0, y0 + bh, x0 + bw], size, size)[0]
             if box[2] - box[0] < 3 or box[3] - box[1] < 3 or _overlap_fraction(box, gts) > 0.1:
                 continue
-            crops.append(crop_box(pixels, tuple(box), INPUT_SIZE))
+            crops.append(resize_to(crop_box(pixels, box), INPUT_SIZE, INPUT_SIZE))
             labels.append(BACKGROUND_ID)
             made += 1
     return np.stack(crops), np.array(labels, np.int32)
@@ -147,7 +148,7 @@ def train(output: str, *, seed: int, num_images: int, val_images: int, epochs: i
     pred = np.argmax(reloaded(x_val_f[:512], training=False), axis=1)
     summary = {"seed": seed, "num_images": num_images, "val_images": val_images,
                "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-               "train_crops": int(len(x_train)), "val_crops": int(len(x_val)),
+               "train_crops": len(x_train), "val_crops": len(x_val),
                "val_accuracy": round(float(val_acc), 4),
                "reloaded_accuracy_first_512": round(float(np.mean(pred == y_val[:512])), 4),
                "parameters": int(model.count_params()),
