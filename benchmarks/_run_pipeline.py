@@ -1,34 +1,42 @@
-"""Rows (c) and (d): runs ``beam_pipeline.main.run(argv)`` and notes when the first image leaves
-the detector (only seen in this process, so only for the in-process DirectRunner)."""
+"""Rows (c), (d) and (f): runs the job's own entry point, ``beam_pipeline.main.main(argv)``.
+
+Run as ``python -m benchmarks._run_pipeline [--profile FILE.prof] JOB_ARGS...``. With
+``--profile`` the whole run is under cProfile (in-process DirectRunner only: worker processes
+are not profiled); read it with ``python -m pstats FILE.prof`` or ``--print_profile``.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 
-_START = time.perf_counter()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     from beam_pipeline.main import main as job_main
-    from transforms import detection
 
-    first: list[float] = []
-    detect = detection.DetectorModel.detect
+    if argv[:1] == ["--profile"]:
+        import cProfile
 
-    def timed_detect(self, images):
-        results = detect(self, images)
-        if not first:
-            first.append(time.perf_counter() - _START)
-        return results
+        profile = argv[1]
+        cProfile.runctx("job_main(argv[2:])", globals(), {"job_main": job_main, "argv": argv},
+                        filename=profile)
+    else:
+        job_main(argv)
 
-    detection.DetectorModel.detect = timed_detect
-    job_main(sys.argv[1:])
-    print(json.dumps({"first_image_s": first[0] if first else None}))
+
+def print_profile(path: str, count: int = 40) -> None:
+    """The ``count`` functions with the most own time, then the most cumulative time."""
+    import pstats
+
+    stats = pstats.Stats(path)
+    stats.sort_stats("tottime").print_stats(count)
+    stats.sort_stats("cumulative").print_stats(count)
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--print_profile"]:
+        print_profile(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 40)
+    else:
+        main(sys.argv[1:])

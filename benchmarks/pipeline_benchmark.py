@@ -1,21 +1,23 @@
-"""End-to-end throughput of the job against the plain-loop limit and the seed article's approach.
+"""Throughput of the job against a plain loop with the same models, timed in steady state.
 
 Usage::
 
-    .venv/bin/python -m benchmarks.pipeline_benchmark [--images 300] [--rows abcd] [--tiny]
+    .venv/bin/python -m benchmarks.pipeline_benchmark [--images 3000] [--free_images 4000]
+        [--rows abcdef] [--repeat 3]
 
-Builds its own inputs under ``benchmarks/out/`` (cached): 640x480 synthetic JPEGs with five
-regions each, an OD API style detector (MobileNetV2 backbone at 320x320, random weights, fixed
-boxes) and the bundled-size classifier. Every row runs in its own subprocess, twice (N/3 and N
-images); steady-state rates come from the difference, so start-up cancels out:
+Builds its own inputs under ``benchmarks/out/`` (cached; see ``benchmarks._assets``). Every
+row is its own process, run ``--repeat`` times:
 
 - (a) limit: plain loop, same models, batched compiled classification, one Parquet write
-- (b) origin: plain loop with one ``model.predict`` per region (on N/10 images, extrapolated)
-- (c) the pipeline on the DirectRunner, in process
-- (d) the pipeline on the DirectRunner, ``multi_processing`` with 2 workers
+- (b) origin: plain loop with one ``model.predict`` per region (on images/10)
+- (c) the job on the DirectRunner, in process
+- (d) the job on the DirectRunner, ``multi_processing`` with 2 worker processes
+- (e) the plain loop with models made nearly free (fixed boxes, tiny classifier, small JPEGs)
+- (f) the job in process with the same nearly free models: the job's own cost
 
-Timing uses only ``time.perf_counter``; peak RSS is the whole process tree's resident memory,
-sampled from ``/proc`` every 50 ms.
+Rates are timed between the 10% and the 90% images leaving the detector (its progress log);
+``cores busy`` is the process tree's CPU seconds per wall second in that window. A rate whose
+cores busy exceeds the CPUs this process may use is not printed ("not measurable").
 """
 
 from __future__ import annotations
@@ -23,198 +25,183 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
+import statistics
 import sys
-import threading
-import time
-from typing import Optional
+
+from benchmarks._assets import progress_log
+from benchmarks._measure import (
+    MIN_WINDOW_S,
+    cpu_cores,
+    load_average,
+    measure,
+    steady_state,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGE = os.sysconf("SC_PAGE_SIZE")
+# row -> (label, runner, model set, reference row for the "vs loop" column)
 ROWS = {
-    "a": "(a) limit: plain loop, batched tf.function",
-    "b": "(b) origin: model.predict per region",
-    "c": "(c) pipeline, DirectRunner in process",
-    "d": "(d) pipeline, DirectRunner 2 processes",
+    "a": ("(a) limit: plain loop, batched tf.function", "limit", "real", None),
+    "b": ("(b) origin: model.predict per region", "origin", "real", "a"),
+    "c": ("(c) pipeline, DirectRunner in process", "job", "real", "a"),
+    "d": ("(d) pipeline, DirectRunner 2 processes", "job2", "real", "a"),
+    "e": ("(e) free models: plain loop", "limit", "free", None),
+    "f": ("(f) free models: pipeline in process", "job", "free", "e"),
 }
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        try:
-            with open(f"/proc/{pid}/statm") as handle:
-                total += int(handle.read().split()[1]) * PAGE
-        except OSError:
-            pass
-    return total
+def images_for(row: str, images: int, free_images: int) -> int:
+    if ROWS[row][2] == "free":
+        return free_images
+    return max(2, images // 10) if row == "b" else images
 
 
-def measure(cmd: list[str]) -> dict:
-    """Runs ``cmd`` from the repository root; wall seconds, peak tree RSS, last JSON line."""
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    peak = [0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.05):
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stderr[-3000:]}")
-    info = {}
-    for line in reversed(stdout.splitlines()):
-        if line.startswith("{"):
-            info = json.loads(line)
-            break
-    return {"wall": wall, "cpu": cpu, "rss": peak[0], **info}
-
-
-def _count_rows(folder: str) -> int:
+def check_tables(output: str, images: int) -> int:
+    """Regions written; raises unless every input path is in ``images`` exactly once."""
     import pyarrow.parquet as pq
 
-    return sum(pq.ParquetFile(os.path.join(folder, name)).metadata.num_rows
-               for name in os.listdir(folder) if name.endswith(".parquet"))
+    paths = pq.read_table(os.path.join(output, "images"), columns=["image_path"])
+    paths = paths.column("image_path").to_pylist()
+    if len(paths) != images or len(set(paths)) != images:
+        raise RuntimeError(f"{output}: images table has {len(paths)} rows for {len(set(paths))} "
+                           f"paths; expected each of {images} paths once")
+    return pq.read_table(os.path.join(output, "detections"), columns=["roi_index"]).num_rows
 
 
-def run_row(row: str, n: int, assets: dict, out: str) -> dict:
+def run_row(row: str, n: int, assets: dict, out: str, cores: float, min_window: float) -> dict:
+    """One run of ``row`` on ``n`` images: its figures (see ``steady_state``)."""
+    _, runner, models, _ = ROWS[row]
+    models = assets[models]
     output = os.path.join(out, "runs", f"{row}_{n}")
     shutil.rmtree(output, ignore_errors=True)
-    manifest = assets["manifests"][str(n)]
-    if row in "ab":
-        mode = "limit" if row == "a" else "origin"
-        return measure([sys.executable, "-m", "benchmarks._loops", mode, manifest,
-                        assets["detector"], assets["classifier"], output])
-    argv = [sys.executable, "-m", "benchmarks._run_pipeline", "--input", manifest,
-            "--output", output, "--detector_model", assets["detector"],
-            "--classifier_model", assets["classifier"],
-            "--classifier_labels", assets["labels"]]
-    if row == "d":
-        argv += ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    result = measure(argv)
-    result["images"] = n
-    result["regions"] = _count_rows(os.path.join(output, "detections"))
-    return result
+    manifest = models["manifests"][str(n)]
+    if runner in ("limit", "origin"):
+        cmd = [sys.executable, "-m", "benchmarks._loops", runner, manifest,
+               models["detector"], models["classifier"], output]
+    else:
+        cmd = [sys.executable, "-m", "benchmarks._run_pipeline", "--input", manifest,
+               "--output", output, "--detector_model", models["detector"],
+               "--classifier_model", models["classifier"],
+               "--classifier_labels", models["labels"], "--min_score", "0.5"]
+        if runner == "job2":
+            cmd += ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    load_before = load_average()
+    run = measure(cmd, cwd=ROOT, env=env, progress=progress_log(models["detector"]))
+    figures = steady_state(run, n, cores, min_window=min_window)
+    figures["load"] = (load_before, load_average())
+    figures["regions"] = (run.info["regions"] if "regions" in run.info
+                          else check_tables(output, n))
+    return figures
 
 
-def best_of(repeat: int, row: str, n: int, assets: dict, out: str) -> dict:
-    """The fastest of ``repeat`` runs (wall and CPU each at their minimum, RSS at its maximum):
-    other work on the machine only ever adds time."""
-    runs = [run_row(row, n, assets, out) for _ in range(max(repeat, 1))]
-    best = dict(min(runs, key=lambda run: run["wall"]))
-    best["cpu"] = min(run["cpu"] for run in runs)
-    best["rss"] = max(run["rss"] for run in runs)
-    return best
+def summarize(runs: list[dict]) -> dict:
+    """Median, min and max of the rate over the runs; medians of the rest; RSS at its max."""
+    refused = [r["reason"] for r in runs if r["reason"]]
+    summary = {"runs": len(runs), "reason": refused[0] if refused else None,
+               "refused": len(refused), "rss": max(r["rss"] for r in runs),
+               "load": (min(r["load"][0] for r in runs), max(r["load"][1] for r in runs))}
+    for key in ("total_s", "startup_s", "tail_s", "cpu_ms", "cores_busy", "images_s"):
+        values = [r[key] for r in runs if key in r]
+        if values:
+            summary[key] = statistics.median(values)
+    rates = [r["images_s"] for r in runs if "images_s" in r]
+    if rates:
+        summary["images_s_range"] = (min(rates), max(rates))
+    return summary
 
 
-def sizes_for(row: str, images: int) -> tuple[int, int]:
-    big = max(2, images // 10) if row == "b" else images
-    return max(1, big // 3), big
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
 
 
-def summarize(small: dict, big: dict, images: int) -> dict:
-    seconds = big["wall"] - small["wall"]
-    if seconds <= 0 or big["images"] <= small["images"]:  # too few images to see a rate
-        seconds = float("nan")
-    rate = (big["images"] - small["images"]) / seconds
-    startup = big["wall"] - big["images"] / rate
-    return {
-        "images_s": rate,
-        "regions_s": (big["regions"] - small["regions"]) / seconds,
-        "cpu_ms": 1000 * (big["cpu"] - small["cpu"]) / max(big["images"] - small["images"], 1),
-        "startup": startup,
-        "first_image": big.get("first_image_s"),
-        "rss": max(small["rss"], big["rss"]),
-        "end_to_end": startup + images / rate,  # extrapolated to --images for (b)
-        "measured_on": big["images"],
-    }
-
-
-def format_table(results: dict[str, dict], images: int) -> str:
-    head = (f"{'row':<42} {'images/s':>8} {'regions/s':>9} {'start-up s':>10} "
-            f"{'1st image s':>11} {'CPU ms/img':>10} {'peak RSS MB':>11} "
-            f"{f'total s @{images}':>12} "
-            f"{'vs (a)':>7} {'vs (b)':>7}")
+def format_table(results: dict[str, dict], cores: float) -> str:
+    head = (f"{'row':<42} {'images':>6} {'images/s [min-max]':>20} {'CPU ms/img':>10} "
+            f"{'cores busy':>10} {'start-up s':>10} {'tail s':>6} {'total s':>7} "
+            f"{'RSS MB':>6} {'vs loop':>7} {'load':>9}")
     lines = [head, "-" * len(head)]
     for row, r in results.items():
-        ratios = []
-        for ref in "ab":
-            if ref in results and ref != row:
-                ratios.append(f"{r['images_s'] / results[ref]['images_s']:.2f}x")
-            else:
-                ratios.append("-")
-        first = f"{r['first_image']:.1f}" if r["first_image"] is not None else "-"
-        lines.append(
-            f"{ROWS[row]:<42} {r['images_s']:>8.1f} {r['regions_s']:>9.1f} {r['startup']:>10.1f} "
-            f"{first:>11} {r['cpu_ms']:>10.1f} {r['rss'] / 2**20:>11.0f} {r['end_to_end']:>12.1f} "
-            f"{ratios[0]:>7} {ratios[1]:>7}")
-    if "b" in results and "c" in results:
-        lines.append(f"end to end at {images} images, (c) vs (b): "
-                     f"{results['b']['end_to_end'] / results['c']['end_to_end']:.1f}x faster")
-    if "b" in results:
-        lines.append(f"(b) measured on {results['b']['measured_on']} images, "
-                     f"its total extrapolated to {images}")
+        label, ref = ROWS[row][0], ROWS[row][3]
+        load = f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
+        start = (f"{label:<42} {r['images']:>6} ")
+        end = (f"{_fmt(r.get('startup_s')):>10} {_fmt(r.get('tail_s')):>6} "
+               f"{r['total_s']:>7.1f} {r['rss'] / 2**20:>6.0f}")
+        if r["reason"]:
+            lines.append(f"{start}{'not measurable: ' + r['reason']:<50} {end} {'-':>7} {load:>9}")
+            continue
+        low, high = r["images_s_range"]
+        ratio = "-"
+        if ref in results and not results[ref]["reason"]:
+            ratio = f"{r['images_s'] / results[ref]['images_s']:.2f}x"
+        rate = f"{r['images_s']:.1f} [{low:.1f}-{high:.1f}]"
+        lines.append(f"{start}{rate:>20} {r['cpu_ms']:>10.1f} {r['cores_busy']:>10.2f} "
+                     f"{end} {ratio:>7} {load:>9}")
+    lines.append(f"images/s: median of {next(iter(results.values()))['runs']} runs [min-max], "
+                 f"10%..90% images out of the detector; CPU ms/img and cores busy (of "
+                 f"{cores:g}) in that window; load: 1-min load average before-after")
+    lines.extend(break_even(results))
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def break_even(results: dict[str, dict]) -> list[str]:
+    """Above how many images (d) finishes before (c), counting each one's fixed cost."""
+    c, d = results.get("c"), results.get("d")
+    if not c or not d or c["reason"] or d["reason"]:
+        return []
+    fixed_c = c["total_s"] - c["images"] / c["images_s"]
+    fixed_d = d["total_s"] - d["images"] / d["images_s"]
+    if d["images_s"] <= c["images_s"]:
+        return [(f"(d) is not faster than (c) in steady state here ({d['images_s']:.1f} "
+                 f"against {c['images_s']:.1f} images/s): it never pays off its {fixed_d:.1f} s "
+                 f"fixed cost (against {fixed_c:.1f} s)")]
+    images = max(0.0, (fixed_d - fixed_c) / (1 / c["images_s"] - 1 / d["images_s"]))
+    return [(f"(d) finishes first above about {images:.0f} images (fixed cost {fixed_d:.1f} s "
+             f"against {fixed_c:.1f} s for (c))")]
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--rows", default="abcd", help="which rows to run, e.g. 'ac'")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="runs per row and size; the fastest counts (for a busy machine)")
+    parser.add_argument("--images", type=int, default=3000, help="images for rows a, c, d")
+    parser.add_argument("--free_images", type=int, default=4000, help="images for rows e, f")
+    parser.add_argument("--rows", default="abcdef", help="which rows to run, e.g. 'acd'")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per row")
     parser.add_argument("--tiny", action="store_true", help="tiny detector (smoke tests)")
+    parser.add_argument("--min_window", type=float, default=MIN_WINDOW_S,
+                        help="shortest steady-state window in seconds that is timed")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out"))
+    parser.add_argument("--json", help="also write the figures of every run to this file")
     args = parser.parse_args(argv)
-    rows = [row for row in "abcd" if row in args.rows]
-    sizes = sorted({n for row in rows for n in sizes_for(row, args.images)})
-    built = measure([sys.executable, "-m", "benchmarks._assets", "--out", args.out,
-                     "--sizes", *map(str, sizes)] + (["--tiny"] if args.tiny else []))
-    with open("/proc/loadavg") as handle:
-        load = handle.read().split()[:3]
-    print(f"inputs: {args.images} images 640x480 JPEG, 5 regions each; detector "
-          f"{os.path.relpath(built['detector'], ROOT)}; classifier "
-          f"{os.path.relpath(built['classifier'], ROOT)}; {os.cpu_count()} CPUs; "
-          f"load average before {' '.join(load)}", flush=True)
-    results = {}
+    rows = [row for row in ROWS if row in args.rows]
+    real = sorted({images_for(r, args.images, args.free_images) for r in rows
+                   if ROWS[r][2] == "real"})
+    free = [args.free_images] if any(ROWS[r][2] == "free" for r in rows) else []
+    built = measure([sys.executable, "-m", "benchmarks._assets", "--out", args.out, "--sizes",
+                     *map(str, real), "--free_sizes", *map(str, free)]
+                    + (["--tiny"] if args.tiny else []), cwd=ROOT,
+                    env=dict(os.environ, PYTHONPATH=ROOT), progress=None).info
+    cores = cpu_cores()
+    print(f"{os.cpu_count()} CPUs, {cores:g} usable; load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; real: 640x480 JPEG, 5 regions each, "
+          f"detector {'tiny' if args.tiny else 'MobileNetV2 320'}; free: 160x120 JPEG, "
+          "4 regions each, fixed boxes, 32x32 one-conv classifier", flush=True)
+    results, every = {}, {}
     for row in rows:
-        small, big = (best_of(args.repeat, row, n, built, args.out)
-                      for n in sizes_for(row, args.images))
-        results[row] = summarize(small, big, args.images)
-        print(f"  {ROWS[row]}: {small['images']} images in {small['wall']:.1f} s, "
-              f"{big['images']} in {big['wall']:.1f} s", flush=True)
-    with open("/proc/loadavg") as handle:
-        load = handle.read().split()[:3]
-    print(f"load average after {' '.join(load)}\n")
-    print(format_table(results, args.images))
+        n = images_for(row, args.images, args.free_images)
+        runs = []
+        for _ in range(max(args.repeat, 1)):
+            runs.append(run_row(row, n, built, args.out, cores, args.min_window))
+            r = runs[-1]
+            print(f"  {ROWS[row][0]}: {n} images in {r['total_s']:.1f} s, "
+                  f"{_fmt(r.get('images_s'))} images/s, {_fmt(r.get('cores_busy'), '.2f')} "
+                  f"cores busy, load {r['load'][0]:.2f} -> {r['load'][1]:.2f}"
+                  + (f" ({r['reason']})" if r["reason"] else ""), flush=True)
+        results[row] = dict(summarize(runs), images=n)
+        every[row] = runs
+    print()
+    print(format_table(results, cores))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"cores": cores, "rows": every}, handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,198 @@
+"""Times one benchmark process: its process tree's CPU and memory, and the detector's steady state.
+
+The steady state is read from the detector's own progress log (one ``<epoch s> <batch>`` line
+per call, see ``benchmarks._assets``): the window between the 10% and the 90% images leaving the
+detector. Start-up (imports, model loading, graph construction, worker processes) and the tail
+(joins, file writes, finalize) fall outside it and are reported on their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import resource
+import subprocess
+import threading
+import time
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICK = 1.0 / os.sysconf("SC_CLK_TCK")
+SAMPLE_S = 0.02  # CPU and RSS of the known processes
+SCAN_S = 0.25  # looking for new descendants walks all of /proc: less often
+MIN_WINDOW_S = 1.0
+
+
+def cpu_cores() -> float:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 quota if one is set."""
+    cores = float(len(os.sched_getaffinity(0)))
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as handle:
+            quota, period = handle.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _cpu_and_rss(pid: int) -> tuple[float, int]:
+    """CPU seconds of ``pid`` itself (not its children) and its resident bytes."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+        with open(f"/proc/{pid}/statm") as handle:
+            rss = int(handle.read().split()[1]) * PAGE
+    except (OSError, IndexError):
+        return 0.0, 0
+    fields = stat[stat.rindex(")") + 2:].split()
+    # utime, stime: fields 14-15 of proc(5), 12-13 after the command name.
+    return (int(fields[11]) + int(fields[12])) * TICK, rss
+
+
+@dataclasses.dataclass
+class Run:
+    """One process run: epoch start/end, tree samples ``(t, cpu_s, rss)`` and detector stamps."""
+
+    start: float
+    end: float
+    samples: list[tuple[float, float, int]]
+    stamps: list[float]
+    info: dict
+    processes: int
+    cpu: float  # the whole tree's CPU seconds
+
+    @property
+    def peak_rss(self) -> int:
+        return max((s[2] for s in self.samples), default=0)
+
+    def cpu_at(self, when: float) -> float:
+        """Tree CPU seconds at epoch ``when``, interpolated between samples."""
+        previous = (self.start, 0.0)
+        for t, cpu, _ in self.samples:
+            if t >= when:
+                if t == previous[0]:
+                    return cpu
+                share = (when - previous[0]) / (t - previous[0])
+                return previous[1] + share * (cpu - previous[1])
+            previous = (t, cpu)
+        return previous[1]
+
+
+def measure(cmd: list[str], *, cwd: str, env: dict, progress: str | None) -> Run:
+    """Runs ``cmd``; samples its process tree until it exits. Raises on a non-zero exit."""
+    if progress and os.path.exists(progress):
+        os.remove(progress)
+    samples: list[tuple[float, float, int]] = []
+    pids: dict[int, float] = {}  # pid -> its last CPU reading (kept once it has exited)
+    done = threading.Event()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.time()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def sample() -> None:
+        last_scan = 0.0
+        while True:
+            now = time.time()
+            if now - last_scan >= SCAN_S:
+                for pid in _descendants(proc.pid):
+                    pids.setdefault(pid, 0.0)
+                last_scan = now
+            rss = 0
+            for pid in list(pids):
+                cpu, resident = _cpu_and_rss(pid)
+                if resident:  # alive: otherwise keep its last reading
+                    pids[pid] = cpu
+                    rss += resident
+            # Each process's own CPU, its last reading kept after it exits: counted once.
+            samples.append((now, sum(pids.values()), rss))
+            if done.wait(SAMPLE_S):
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    end = time.time()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stderr[-3000:]}")
+    info = {}
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("{"):
+            info = json.loads(line)
+            break
+    # getrusage counts only reaped descendants; the samples miss processes that lived < SCAN_S.
+    cpu = max((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+              samples[-1][1] if samples else 0.0)
+    return Run(start, end, samples, read_stamps(progress) if progress else [], info, len(pids),
+               cpu)
+
+
+def read_stamps(path: str) -> list[float]:
+    """One epoch time per image that left the detector, sorted."""
+    stamps: list[float] = []
+    if not os.path.exists(path):
+        return stamps
+    with open(path) as handle:
+        for line in handle:
+            parts = line.split()
+            if len(parts) == 2:
+                stamps.extend([float(parts[0])] * int(parts[1]))
+    return sorted(stamps)
+
+
+def steady_state(run: Run, images: int, cores: float, *,
+                 min_window: float = MIN_WINDOW_S) -> dict:
+    """Figures of one run; ``reason`` says why the steady state could not be timed."""
+    figures = {"total_s": run.end - run.start, "total_cpu_s": run.cpu,
+               "rss": run.peak_rss, "reason": None}
+    stamps = run.stamps[-images:] if images else []
+    if len(stamps) < images or images < 5:
+        figures["reason"] = f"the detector logged {len(run.stamps)} of {images} images"
+        return figures
+    first, last = int(0.1 * images), math.ceil(0.9 * images) - 1
+    window = stamps[last] - stamps[first]
+    figures.update(startup_s=stamps[0] - run.start, tail_s=run.end - stamps[-1],
+                   window_s=window)
+    if window < min_window:
+        figures["reason"] = (f"steady-state window {window:.2f} s is shorter than "
+                             f"{min_window:g} s; run more images")
+        return figures
+    cpu = run.cpu_at(stamps[last]) - run.cpu_at(stamps[first])
+    # What sampling can add: one sample interval of every core at each end, a tick per process.
+    slack = 2 * (cores * SAMPLE_S + run.processes * TICK)
+    counted = last - first
+    figures.update(images_s=counted / window, cpu_ms=1000 * cpu / counted,
+                   cores_busy=cpu / window)
+    if (cpu - slack) / window > cores:
+        figures["reason"] = (f"{cpu / window:.2f} cores busy on a machine with {cores:g}: "
+                             "the CPU or the clock readings are wrong")
+    return figures
