@@ -2,27 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
 import sys
+import tempfile
 import time
 from typing import Optional, Sequence
 
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-
-from beam_pipeline.options import DetectClassifyOptions, unknown_flags
-from beam_pipeline.pipeline import build_pipeline
-from beam_pipeline.summary import collect_metrics, format_summary
-from beam_pipeline.validation import ConfigError, validate
-from transforms.writing import delete_tables
+from beam_pipeline.quiet import quiet_startup
 
 __all__ = ["main", "run"]
+
+EXIT_CONFIG = 2
+EXIT_ERROR_GATE = 3
+
+
+def _is_local_direct(options) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return (options.view_as(StandardOptions).runner or "DirectRunner") in (
+        "DirectRunner", "direct", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     """Runs the job with command-line ``argv``; returns its metrics (empty when the runner
-    does not report them). Raises ConfigError before any work on a configuration mistake."""
+    does not report them). Raises ConfigError before any work on a configuration mistake, and
+    ErrorGateFailed after the rows and the run record are written when the gate fails."""
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipeline.options import DetectClassifyOptions, unknown_flags
+    from beam_pipeline.pipeline import build_pipeline
+    from beam_pipeline.runs import ErrorGateFailed, read_run_record
+    from beam_pipeline.summary import collect_metrics, format_summary
+    from beam_pipeline.validation import ConfigError, validate
+    from transforms.progress import ProgressPrinter
+    from transforms.writing import delete_tables
+
+    start = time.monotonic()
     argv = list(argv) if argv is not None else sys.argv[1:]
     options = PipelineOptions(argv)
     job = options.view_as(DetectClassifyOptions)
@@ -34,29 +53,82 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     # is what normally hands the options to the filesystems): s3:// needs its endpoint and keys.
     FileSystems.set_options(options)
     config = validate(job)
-    start = time.monotonic()
+    local = _is_local_direct(options)
+    progress_folder = tempfile.mkdtemp(prefix="bdc-progress-") if local and job.progress \
+        else None
+    config = dataclasses.replace(config, progress_folder=progress_folder)
+    started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)
     try:
-        result = pipeline.run()
-        result.wait_until_finish()
-    except Exception:
+        if progress_folder:
+            with ProgressPrinter(progress_folder):
+                result = pipeline.run()
+                result.wait_until_finish()
+        else:
+            result = pipeline.run()
+            result.wait_until_finish()
+    except Exception as exc:
+        record = _record_or_none(read_run_record, config.output)
+        if record and not record.get("error_gate", {}).get("passed", True):
+            raise ErrorGateFailed(_gate_line(record, config.output)) from exc
         # WriteDetections may have finished before a later stage failed: remove what this run
         # wrote, so nothing in --output looks like a finished run's table.
         delete_tables(config.output)
         raise
+    finally:
+        if progress_folder:
+            shutil.rmtree(progress_folder, ignore_errors=True)
     values = collect_metrics(result)
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    if values or runner in ("DirectRunner", "direct"):
-        print(format_summary(values, time.monotonic() - start, config.output), flush=True)
+    record = _record_or_none(read_run_record, config.output)
+    ended = time.monotonic()
+    print(format_summary(values, record, config, startup_s=started - start,
+                         run_s=ended - started), flush=True)
+    if record and not record.get("error_gate", {}).get("passed", True):
+        raise ErrorGateFailed(_gate_line(record, config.output))
     return values
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Command-line entry: a configuration mistake exits 2 with one line saying what to fix."""
-    logging.getLogger().setLevel(logging.WARNING)
+def _record_or_none(read, output: str) -> Optional[dict]:
     try:
-        run(argv if argv is not None else sys.argv[1:])
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return read(output)
+    except (ValueError, OSError):
+        return None
+
+
+def _gate_line(record: dict, output: str) -> str:
+    counts, gate = record.get("counts", {}), record.get("error_gate", {})
+    errors = sum(counts.get("errors_by_stage", {}).values())
+    return (f"error gate failed: {errors} of {counts.get('images_read')} images are errors "
+            f"({counts.get('error_fraction', 0):.1%}), over --max_error_fraction="
+            f"{gate.get('max_error_fraction')}; rows and {output}/run.json are written")
+
+
+def _wants_help(argv: Sequence[str]) -> bool:
+    return any(word in ("-h", "--help") for word in argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Command-line entry: exit 2 with one line on a configuration mistake (nothing ran),
+    exit 3 with one line when the error gate fails (rows and run record written)."""
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if _wants_help(argv):
+        from beam_pipeline.options import job_parser
+
+        job_parser().print_help()
+        return
+    verbose = any(word in ("--verbose", "--verbose=true", "--verbose=True") for word in argv)
+    with quiet_startup(enabled=not verbose):
+        from beam_pipeline.runs import ErrorGateFailed
+        from beam_pipeline.validation import ConfigError
+
+        logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+        try:
+            run(argv)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_CONFIG)
+        except ErrorGateFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_ERROR_GATE)
+

@@ -11,7 +11,7 @@ from transforms.classification import DEFAULT_CLASSIFIER_BATCH, PREPROCESS_MODES
 from transforms.decoding import DEFAULT_MAX_IMAGE_PIXELS
 from transforms.model_files import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 
-__all__ = ["DetectClassifyOptions", "switch", "unknown_flags"]
+__all__ = ["DetectClassifyOptions", "job_option_names", "job_parser", "switch", "unknown_flags"]
 
 
 def switch(value: str) -> bool:
@@ -41,6 +41,11 @@ class DetectClassifyOptions(PipelineOptions):
                  "(its image files), or a manifest: a .txt file with one path per line or a "
                  ".csv file with a 'path' column. Any Beam filesystem (local, gs://, s3://).")
         group.add_argument(
+            "--recursive", nargs="?", const=True, default=True, type=switch,
+            help="A folder --input is read with all its subfolders (image files only, hidden "
+                 "files and folders skipped); --recursive=false reads its top level only. "
+                 "Globs and manifests are taken as given.")
+        group.add_argument(
             "--output", required=True,
             help="Output folder (any Beam filesystem); gets detections/ and images/ Parquet.")
         group.add_argument(
@@ -65,8 +70,10 @@ class DetectClassifyOptions(PipelineOptions):
                  "the bundled labels with the bundled classifier, else labels.txt beside the "
                  "model.")
         group.add_argument(
-            "--min_score", type=float, default=0.5,
-            help="Keep detections scoring at least this (0..1).")
+            "--min_score", type=float, default=None,
+            help="Keep detections scoring at least this (0..1). Default: the threshold the "
+                 "detector declares in <saved_model>/assets.extra/score_threshold.json (the "
+                 "bundled detector does), else 0.5.")
         group.add_argument(
             "--max_detections", type=int, default=100,
             help="Classify at most this many regions per image, highest scores first.")
@@ -96,6 +103,48 @@ class DetectClassifyOptions(PipelineOptions):
         group.add_argument(
             "--num_shards", type=int, default=0,
             help="Parquet files per table (0 = let the runner decide).")
+        group.add_argument(
+            "--skip_done_in", action="append", default=None, metavar="GLOB",
+            help="Earlier outputs (e.g. 'gs://b/results/*'; repeatable): skip every path that "
+                 "a complete earlier run finished 'ok' with the same fingerprint (same models, "
+                 "labels and row-changing options). Errors are processed again.")
+        group.add_argument(
+            "--sample", type=float, default=1.0,
+            help="Process only this fraction (0..1] of the paths, chosen by a hash of each "
+                 "path: the same paths on every runner and rerun.")
+        group.add_argument(
+            "--max_error_fraction", type=float, default=None,
+            help="Fail the job (exit 3) when errors / images read exceeds this (0..1), after "
+                 "writing the rows and the run record. Default: no gate.")
+        group.add_argument(
+            "--progress", nargs="?", const=True, default=True, type=switch,
+            help="Print a progress line to stderr every 10 s on the DirectRunner. "
+                 "--progress=false turns it off.")
+        group.add_argument(
+            "--verbose", nargs="?", const=True, default=False, type=switch,
+            help="Show Beam's and TensorFlow's start-up logging (hidden by default: none of it "
+                 "needs action; warnings and errors are always shown).")
+
+
+def job_parser(prog: str = "python -m beam_pipeline") -> argparse.ArgumentParser:
+    """A parser with only the job's own options (for ``--help`` and the run record)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Finds objects in images with a TF Object Detection API detector, "
+                    "classifies each one with a Keras CNN, and writes Parquet tables.",
+        epilog="Beam's own options (--runner, --direct_running_mode, --direct_num_workers, "
+               "--temp_location, Dataflow/Flink/Spark settings, --s3_* credentials) are "
+               "accepted too: https://beam.apache.org/releases/pydoc/current/"
+               "apache_beam.options.pipeline_options.html. Exit codes: 0 done; 2 a "
+               "configuration mistake, nothing ran; 3 the error gate failed, rows and run "
+               "record written; 1 the job failed.")
+    DetectClassifyOptions._add_argparse_args(parser)
+    return parser
+
+
+def job_option_names() -> list[str]:
+    """The destinations of the job's own options, in the order ``--help`` lists them."""
+    return [action.dest for action in job_parser()._actions if action.dest != "help"]
 
 
 class _ParserCaptured(Exception):

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
+from beam_pipeline.runs import finish_run
 from transforms.classification import KerasClassifierModelHandler
 from transforms.detection import ObjectDetectionModelHandler
+from transforms.progress import CountProgress
 from transforms.reading import FAILED_TAG, InputSpec, ReadAndDecodeFn, ReadImagePaths
 from transforms.regions import IMAGES_TAG, CropRegionsFn
+from transforms.skipping import SKIPPED_TAG, SkipDoneImages, in_sample
 from transforms.writing import (
     CLASSIFY_FAILED_TAG,
     AccountImages,
+    CountDetectionRows,
+    CountImageRows,
     ToDetectionRowsFn,
     WriteParquetTable,
-    write_success_marker,
 )
 
 __all__ = ["JobConfig", "build_pipeline"]
@@ -25,7 +29,8 @@ __all__ = ["JobConfig", "build_pipeline"]
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
-    """Everything the graph needs, already validated (see ``beam_pipeline.validation``)."""
+    """Everything the graph needs, already validated (``beam_pipeline.validation`` builds it
+    from the options, whose defaults are the only defaults)."""
 
     input: InputSpec
     output: str
@@ -33,16 +38,23 @@ class JobConfig:
     classifier_model: str
     classifier_labels: tuple[str, ...]
     classifier_input_size: tuple[int, int]  # height, width
-    detector_labels: Optional[dict[int, str]] = None
-    min_score: float = 0.5
-    max_detections: int = 100
-    crop_padding: float = 0.0
-    classifier_batch_size: int = 64
-    classifier_preprocess: str = "unit"
-    max_image_pixels: int = 100_000_000
-    safe_mode: bool = True
-    model_copies: Optional[int] = None
-    num_shards: int = 0
+    detector_labels: Optional[dict[int, str]]
+    min_score: float
+    max_detections: int
+    crop_padding: float
+    classifier_batch_size: int
+    classifier_preprocess: str
+    max_image_pixels: int
+    safe_mode: bool
+    model_copies: Optional[int]
+    num_shards: int
+    run_id: str
+    fingerprint: str
+    record: Mapping[str, Any]  # the run record's fields known before the run
+    done_tables: tuple[str, ...] = ()  # images-table globs of complete earlier runs to skip
+    sample: float = 1.0
+    max_error_fraction: Optional[float] = None
+    progress_folder: Optional[str] = None  # local runs: where workers count progress
 
 
 def _failed_batch_to_errors(failed) -> list[tuple[str, str]]:
@@ -55,10 +67,26 @@ def _failed_batch_to_errors(failed) -> list[tuple[str, str]]:
     return [(region.image_path, message[:500]) for region in batch]
 
 
+def _count(pcoll, label: str):
+    return pcoll | label >> beam.combiners.Count.Globally()
+
+
 def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
-    """Adds ReadImages -> DecodeImages -> DetectObjects -> CropRegions -> ClassifyRegions ->
-    WriteDetections / WriteImages to ``pipeline``."""
+    """Adds ReadImages -> [SampleImages] -> [SkipDoneImages] -> DecodeImages -> DetectObjects
+    -> CropRegions -> ClassifyRegions -> WriteDetections / WriteImages -> MarkComplete."""
     paths = pipeline | "ReadImages" >> ReadImagePaths(config.input)
+    if config.sample < 1.0:
+        paths = paths | "SampleImages" >> beam.Filter(in_sample, config.sample)
+    if config.done_tables:
+        kept = paths | "SkipDoneImages" >> SkipDoneImages(config.done_tables, config.fingerprint)
+        paths, skipped = kept.todo, kept[SKIPPED_TAG]
+    else:
+        skipped = pipeline | "NothingSkipped" >> beam.Create([])
+    progress = config.progress_folder
+    if progress:  # before the reshuffle: every path is counted before the first is decoded
+        paths = paths | "CountQueued" >> beam.ParDo(CountProgress(progress, "queued"))
+    # The reshuffle lets every worker take a share of the list.
+    paths = paths | "SpreadPaths" >> beam.Reshuffle()
     decoded = paths | "DecodeImages" >> beam.ParDo(
         ReadAndDecodeFn(max_pixels=config.max_image_pixels)).with_outputs(FAILED_TAG,
                                                                           main="images")
@@ -68,6 +96,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
         min_score=config.min_score, max_detections=config.max_detections,
         padding=config.crop_padding, crop_height=config.classifier_input_size[0],
         crop_width=config.classifier_input_size[1])).with_outputs(IMAGES_TAG, main="regions")
+    detected_rows, failed_rows = regions[IMAGES_TAG], decoded[FAILED_TAG]
+    if progress:
+        detected_rows = detected_rows | "CountDone" >> beam.ParDo(CountProgress(progress, "done"))
+        failed_rows = (failed_rows | "CountFailed" >> beam.ParDo(CountProgress(progress, "done"))
+                       | "CountErrors" >> beam.ParDo(CountProgress(progress, "errors")))
     classified, dead_letters = regions.regions | "ClassifyRegions" >> RunInference(
         KerasClassifierModelHandler(
             config.classifier_model, preprocess_mode=config.classifier_preprocess,
@@ -76,6 +109,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
     rows = classified | "ToDetectionRows" >> beam.ParDo(ToDetectionRowsFn(
         labels=list(config.classifier_labels), detector_labels=config.detector_labels,
         detector_model=config.detector_model, classifier_model=config.classifier_model,
+        run_id=config.run_id, fingerprint=config.fingerprint,
     )).with_outputs(CLASSIFY_FAILED_TAG, main="rows")
     classify_failed = (
         (rows[CLASSIFY_FAILED_TAG],
@@ -84,16 +118,26 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
         | "ClassifyFailures" >> beam.Flatten())
     detection_files = rows.rows | "WriteDetections" >> WriteParquetTable(
         config.output, "detections", num_shards=config.num_shards)
-    image_rows = (regions[IMAGES_TAG], classify_failed) | "AccountImages" >> AccountImages(
-        [decoded[FAILED_TAG]])
-    image_files = (image_rows
-                   | "ImageRowsToDicts" >> beam.Map(lambda row: row.to_dict())
-                   | "WriteImages" >> WriteParquetTable(config.output, "images",
-                                                        num_shards=config.num_shards))
+    image_rows = ((detected_rows, classify_failed)
+                  | "AccountImages" >> AccountImages([failed_rows])
+                  | "ImageRowsToDicts" >> beam.Map(
+                      lambda row, run_id, fingerprint: row.to_dict(run_id=run_id,
+                                                                   fingerprint=fingerprint),
+                      config.run_id, config.fingerprint))
+    image_files = image_rows | "WriteImages" >> WriteParquetTable(
+        config.output, "images", num_shards=config.num_shards)
+    # The run's counts, from the rows themselves (every runner can do this; not all report
+    # metrics to the launcher).
+    image_counts = image_rows | "CountImages" >> beam.CombineGlobally(CountImageRows())
+    detection_counts = rows.rows | "CountRegions" >> beam.CombineGlobally(CountDetectionRows())
     # The sinks emit their final file names only after renaming them, so this runs last, on
-    # the workers: the marker is right whether or not the launcher waits for the job.
+    # the workers: the record is right whether or not the launcher waits for the job.
     _ = ((detection_files, image_files)
          | "WrittenFiles" >> beam.Flatten()
          | "CountFiles" >> beam.combiners.Count.Globally()
-         | "MarkComplete" >> beam.Map(lambda _, output: write_success_marker(output),
-                                      config.output))
+         | "MarkComplete" >> beam.Map(
+             finish_run, config.output, dict(config.record),
+             beam.pvalue.AsSingleton(image_counts), beam.pvalue.AsSingleton(detection_counts),
+             beam.pvalue.AsSingleton(_count(classify_failed, "CountClassifyFailures")),
+             beam.pvalue.AsSingleton(_count(skipped, "CountSkipped")),
+             config.max_error_fraction))

@@ -1,6 +1,9 @@
-"""The short summary a finished run prints, read from the job's Beam metrics."""
+"""The short summary a finished run prints: counts from its run record (every runner writes
+one), model loads from Beam's metrics where the runner reports them."""
 
 from __future__ import annotations
+
+from typing import Any, Mapping, Optional
 
 from apache_beam.metrics.metric import MetricsFilter
 
@@ -34,24 +37,44 @@ def collect_metrics(result) -> dict[str, float]:
     return values
 
 
-def format_summary(values: dict[str, float], seconds: float, output: str) -> str:
-    """A few lines: images, regions, errors by stage, throughput, and where the output is."""
-    read = int(values.get("images_read", 0))
-    failed = {stage: int(values.get(f"images_failed_{stage}", 0))
-              for stage in ("read", "decode", "detect")}
-    failed["classify"] = int(values.get("regions_failed_classify", 0))
+def format_summary(values: Mapping[str, float], record: Optional[Mapping[str, Any]],
+                   config: Any, *, startup_s: float, run_s: float) -> str:
+    """A few lines: images, regions, errors by stage, what was chosen, time, output."""
+    counts = (record or {}).get("counts", {})
+    errors = counts.get("errors_by_stage", {})
+    read = int(counts.get("images_read", 0))
+    skipped = int(counts.get("images_skipped", 0))
+    lines = [
+        f"images:  {read} read, {counts.get('images_ok', 0)} ok, {skipped} skipped as "
+        "done; errors by stage: "
+        + ", ".join(f"{stage} {errors.get(stage, 0)}"
+                    for stage in ("read", "decode", "detect", "classify")),
+        f"regions: {int(values.get('regions_detected', 0))} detected, "
+        f"{counts.get('regions_kept', 0)} kept, {counts.get('regions_classified', 0)} "
+        f"classified, {int(values.get('regions_dropped_degenerate', 0))} dropped as degenerate",
+    ]
+    source = (record or {}).get("min_score", {}).get("source", "")
+    detector = (record or {}).get("models", {}).get("detector", {}).get("signature", "")
+    lines.append(f"choices: --min_score {config.min_score:g} (from {source})")
+    lines.append(f"detector: {detector}")
+    if config.record.get("skip_done_in", {}).get("patterns"):
+        earlier = len(config.record["skip_done_in"]["complete_runs_with_this_fingerprint"])
+        lines.append(f"skipping: {earlier} earlier complete runs with this fingerprint")
     loads = (int(values.get("DetectObjects.load_model_latency_milli_secs.count", 0)),
              int(values.get("ClassifyRegions.load_model_latency_milli_secs.count", 0)))
-    rate = read / seconds if seconds > 0 else 0.0
-    lines = [
-        f"images:  {read} read, {int(values.get('images_decoded', 0))} decoded; errors by stage: "
-        + ", ".join(f"{stage} {count}" for stage, count in failed.items()),
-        f"regions: {int(values.get('regions_detected', 0))} detected, "
-        f"{int(values.get('regions_kept', 0))} kept, "
-        f"{int(values.get('regions_classified', 0))} classified, "
-        f"{int(values.get('regions_dropped_degenerate', 0))} dropped as degenerate",
-        f"models:  detector loaded {loads[0]}x, classifier loaded {loads[1]}x",
-        f"time:    {seconds:.1f} s, {rate:.1f} images/s",
-        f"output:  {output}/detections/ and {output}/images/ (Parquet)",
+    if values:
+        lines.append(f"models:  detector loaded {loads[0]}x, classifier loaded {loads[1]}x")
+    else:
+        lines.append("models:  this runner reports no metrics to the launcher; counts above "
+                     "come from the run record")
+    total = startup_s + run_s
+    rate = read / run_s if run_s > 0 else 0.0
+    lines += [
+        f"time:    {total:.1f} s ({startup_s:.1f} s start-up and checks, {run_s:.1f} s "
+        f"running, {rate:.1f} images/s)",
+        f"output:  {config.output}/detections/ and images/ (Parquet), run.json "
+        f"(run {config.run_id})",
     ]
+    if record is None:
+        lines.append("warning: no run.json was written: the run is not complete")
     return "\n".join(lines)

@@ -11,7 +11,10 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.pipeline import JobConfig
 from transforms.labels import read_label_map, read_labels
+from beam_pipeline.runs import complete_outputs, run_identity, table_files
+from beam_pipeline.storage import storage_problem
 from transforms.model_files import (
+    SCORE_THRESHOLD_FILE,
     DEFAULT_CLASSIFIER,
     DEFAULT_CLASSIFIER_LABELS,
     DEFAULT_DETECTOR,
@@ -19,6 +22,7 @@ from transforms.model_files import (
     is_local_path,
     local_model_path,
     model_exists,
+    read_score_threshold,
     resolve_model_path,
 )
 from transforms.reading import (
@@ -26,9 +30,11 @@ from transforms.reading import (
     MANIFEST_EXTENSIONS,
     InputSpec,
     first_manifest_path,
+    listed_kind,
     resolve_input,
 )
-from transforms.writing import SUCCESS_MARKER, TABLES, delete_tables
+from transforms.tf_runtime import configure_tensorflow
+from transforms.writing import RUN_RECORD, TABLES, delete_tables
 
 __all__ = ["ConfigError", "check_input", "check_output", "validate"]
 
@@ -37,12 +43,16 @@ class ConfigError(ValueError):
     """A configuration mistake; the message names the problem and the fix."""
 
 
+# The score threshold when neither --min_score nor the detector says otherwise.
+DEFAULT_MIN_SCORE = 0.5
+
+
 def _exists(path: str) -> bool:
     return model_exists(path)
 
 
 def _check_numbers(opts: DetectClassifyOptions) -> None:
-    if not 0.0 <= opts.min_score <= 1.0:
+    if opts.min_score is not None and not 0.0 <= opts.min_score <= 1.0:
         raise ConfigError(f"--min_score={opts.min_score} must be between 0 and 1")
     if opts.max_detections < 1:
         raise ConfigError(f"--max_detections={opts.max_detections} must be at least 1")
@@ -54,6 +64,12 @@ def _check_numbers(opts: DetectClassifyOptions) -> None:
         raise ConfigError(f"--max_image_pixels={opts.max_image_pixels} must be >= 1")
     if opts.model_copies < 0 or opts.num_shards < 0:
         raise ConfigError("--model_copies and --num_shards must be 0 (the default) or more")
+    if not 0.0 < opts.sample <= 1.0:
+        raise ConfigError(f"--sample={opts.sample} must be in (0, 1]: the fraction of paths "
+                          "to process")
+    if opts.max_error_fraction is not None and not 0.0 <= opts.max_error_fraction <= 1.0:
+        raise ConfigError(f"--max_error_fraction={opts.max_error_fraction} must be between "
+                          "0 and 1")
 
 
 def check_output(output: str, *, overwrite: bool) -> None:
@@ -63,11 +79,14 @@ def check_output(output: str, *, overwrite: bool) -> None:
     Nothing is deleted here: ``validate`` deletes the earlier tables only once every other check
     has passed, so a configuration mistake never costs an earlier run's results.
     """
+    if is_local_path(output) and os.path.isfile(output.removeprefix("file://")):
+        raise ConfigError(f"--output {output} is a file; --output names a folder (it gets "
+                          "detections/, images/ and run.json): choose another path")
     existing = [FileSystems.join(output, t) for t in TABLES
                 if FileSystems.match([FileSystems.join(output, t, "*")])[0].metadata_list]
     if existing and not overwrite:
-        complete = FileSystems.exists(FileSystems.join(output, SUCCESS_MARKER))
-        state = "finished" if complete else f"unfinished, no {SUCCESS_MARKER}"
+        complete = FileSystems.exists(FileSystems.join(output, RUN_RECORD))
+        state = "finished" if complete else f"unfinished, no {RUN_RECORD}"
         raise ConfigError(f"--output {output} already holds a run's tables ({state}: "
                           f"{', '.join(existing)}); pass --overwrite to replace them, or "
                           "choose another --output")
@@ -86,15 +105,16 @@ def check_output(output: str, *, overwrite: bool) -> None:
 _FOLDER_SAMPLE = 10_000
 
 
-def check_input(opts_input: str) -> InputSpec:
+def check_input(opts_input: str, *, recursive: bool = True) -> InputSpec:
     """Resolves ``--input`` and checks that it names at least one image (a manifest: that it
-    exists and names at least one path), so a typo fails here rather than as an empty run."""
+    exists and names at least one path), so a typo fails here rather than as an empty run.
+    A folder is searched in its subfolders too when ``recursive``."""
     if not opts_input.strip():
         raise ConfigError("--input is empty; pass a glob, a folder or a manifest file")
     if opts_input.lower().endswith(MANIFEST_EXTENSIONS) and not FileSystems.exists(opts_input):
         raise ConfigError(f"--input manifest {opts_input} does not exist; check the path")
     try:
-        spec = resolve_input(opts_input)
+        spec = resolve_input(opts_input, recursive=recursive)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"--input {opts_input}: {str(exc).splitlines()[0]}") from exc
     if spec.kind == "manifest":
@@ -107,17 +127,25 @@ def check_input(opts_input: str) -> InputSpec:
     # A folder is listed up to _FOLDER_SAMPLE names, enough to find an image in any real one.
     found = FileSystems.match([spec.location], limits=[_FOLDER_SAMPLE if spec.only_images else 1])
     paths = [m.path for m in found[0].metadata_list]
-    if spec.only_images:
+    if not spec.only_images:
         if not paths:
-            raise ConfigError(f"--input {opts_input} is not a folder with files, nor a glob or "
-                              "manifest (.txt/.csv); check the path")
-        if len(paths) < _FOLDER_SAMPLE and not any(
-                path.lower().endswith(IMAGE_EXTENSIONS) for path in paths):
-            raise ConfigError(f"--input folder {opts_input} has no image files "
-                              f"({' '.join(IMAGE_EXTENSIONS)}); pass a glob such as "
-                              f"'{opts_input.rstrip('/')}/*.<ext>' for other names")
-    elif not paths:
-        raise ConfigError(f"--input {opts_input} matches no files; check the path and pattern")
+            raise ConfigError(f"--input {opts_input} matches no files; check the path and "
+                              "pattern")
+        return spec
+    local = None if "://" in opts_input else opts_input
+    if local is not None and not os.path.exists(local):
+        raise ConfigError(f"--input {opts_input} does not exist; check the path")
+    if local is not None and os.path.isfile(local):
+        raise ConfigError(f"--input {opts_input} is a file without an image extension "
+                          f"({' '.join(IMAGE_EXTENSIONS)}); pass it as a glob, or list it in a "
+                          ".txt manifest")
+    if len(paths) < _FOLDER_SAMPLE and not any(
+            listed_kind(path, spec.root) == "image" for path in paths):
+        where = "in it or its subfolders" if recursive else (
+            "at its top level (--recursive=false; its subfolders were not searched)")
+        raise ConfigError(f"--input folder {opts_input} has no image files {where} "
+                          f"({' '.join(IMAGE_EXTENSIONS)}; hidden files skipped); pass a glob "
+                          f"such as '{opts_input.rstrip('/')}/**.<ext>' for other names")
     return spec
 
 
@@ -157,14 +185,31 @@ def _first_line(exc: BaseException) -> str:
 def validate(opts: DetectClassifyOptions) -> JobConfig:
     """Checks options, models, labels and output, and returns the graph's configuration.
 
+    A local ``--output`` folder that the checks created is removed again when a later check
+    fails, so a mistake leaves nothing behind.
+
     Raises:
         ConfigError: with one line naming the problem and the fix.
     """
+    local = opts.output.removeprefix("file://") if is_local_path(opts.output) else None
+    existed = local is None or os.path.exists(local)
+    try:
+        return _validate(opts)
+    except ConfigError:
+        if not existed and os.path.isdir(local) and not os.listdir(local):
+            os.rmdir(local)
+        raise
+
+
+def _validate(opts: DetectClassifyOptions) -> JobConfig:
     from transforms.classification import ClassifierModel
     from transforms.detection import DetectorModel
 
     _check_numbers(opts)
-    spec = check_input(opts.input)
+    problem = storage_problem(opts)  # bounded: before anything waits on Beam's retries
+    if problem is not None:
+        raise ConfigError(problem)
+    spec = check_input(opts.input, recursive=opts.recursive)
     for flag, path in (("--detector_model", opts.detector_model),
                        ("--classifier_model", opts.classifier_model)):
         if not _exists(path):
@@ -179,8 +224,9 @@ def validate(opts: DetectClassifyOptions) -> JobConfig:
         raise ConfigError(f"--classifier_labels {labels_path} cannot be read as UTF-8 text, one "
                           f"label per line: {str(exc).splitlines()[0]}") from exc
     check_output(opts.output, overwrite=opts.overwrite)
+    configure_tensorflow()  # loads TensorFlow once, its start-up noise filtered
     try:
-        DetectorModel(local_model_path(opts.detector_model))
+        detector = DetectorModel(local_model_path(opts.detector_model))
     except Exception as exc:  # pylint: disable=broad-except
         raise ConfigError(f"--detector_model {opts.detector_model} is not a usable OD API "
                           f"SavedModel: {_first_line(exc)}") from exc
@@ -199,16 +245,49 @@ def validate(opts: DetectClassifyOptions) -> JobConfig:
         raise ConfigError(f"--classifier_labels {labels_path} has {len(labels)} labels but the "
                           f"classifier has {classifier.num_classes} outputs; give one label per "
                           "output, in order")
+    min_score, min_score_source = _min_score(opts)
+    identity = run_identity(
+        opts, min_score=min_score, min_score_source=min_score_source, labels=labels,
+        detector_labels=detector_labels, labels_path=labels_path,
+        detector_description=_describe(detector))
+    done = complete_outputs(opts.skip_done_in or [], exclude=[opts.output])
+    done = [(folder, record) for folder, record in done
+            if record.get("fingerprint") == identity.fingerprint]
     if opts.overwrite:  # every check passed: now the earlier run's tables may go
         delete_tables(opts.output)
+    record = {**identity.record, "skip_done_in": {
+        "patterns": list(opts.skip_done_in or []),
+        "complete_runs_with_this_fingerprint": [folder for folder, _ in done]}}
     return JobConfig(
         input=spec, output=opts.output, detector_model=opts.detector_model,
         classifier_model=opts.classifier_model, classifier_labels=tuple(labels),
         classifier_input_size=(int(classifier.input_height), int(classifier.input_width)),
-        detector_labels=detector_labels, min_score=opts.min_score,
+        detector_labels=detector_labels, min_score=min_score,
         max_detections=opts.max_detections, crop_padding=opts.crop_padding,
         classifier_batch_size=opts.classifier_batch_size,
         classifier_preprocess=opts.classifier_preprocess,
         max_image_pixels=opts.max_image_pixels,
         safe_mode=not opts.unsafe_keras_deserialization,
-        model_copies=opts.model_copies or None, num_shards=opts.num_shards)
+        model_copies=opts.model_copies or None, num_shards=opts.num_shards,
+        run_id=identity.run_id, fingerprint=identity.fingerprint, record=record,
+        done_tables=tuple(table_files(folder, "images") for folder, _ in done),
+        sample=opts.sample, max_error_fraction=opts.max_error_fraction)
+
+
+def _describe(detector) -> str:
+    describe = getattr(detector, "describe", None)
+    return describe() if callable(describe) else "OD API SavedModel"
+
+
+def _min_score(opts: DetectClassifyOptions) -> tuple[float, str]:
+    """The score threshold and where it came from: the flag, the detector's own file, or 0.5."""
+    if opts.min_score is not None:
+        return opts.min_score, "--min_score"
+    try:
+        declared = read_score_threshold(local_model_path(opts.detector_model))
+    except ValueError as exc:
+        raise ConfigError(f"--detector_model {opts.detector_model}: {exc}; fix the file or "
+                          "pass --min_score") from exc
+    if declared is not None:
+        return declared, f"the detector's {SCORE_THRESHOLD_FILE}"
+    return DEFAULT_MIN_SCORE, "the default (the detector declares none)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import cv2
@@ -186,5 +187,17 @@ def check_run(output, image_dir, models_dir):
         else:
             assert row == {"image_path": row["image_path"], "width": IMAGE_WIDTH,
                            "height": IMAGE_HEIGHT, "status": "ok", "error_stage": None,
-                           "error": None, "num_detections": 3}
-    return detections, images
+                           "error": None, "num_detections": 3, "run_id": row["run_id"],
+                           "fingerprint": row["fingerprint"]}
+    # Every row of both tables carries the run's id and fingerprint, as its run.json says.
+    record = json.loads((output / "run.json").read_text())
+    assert record["status"] == "complete"
+    for row in detections + images:
+        assert (row["run_id"], row["fingerprint"]) == (record["run_id"], record["fingerprint"])
+    assert all(row["classified"] for row in detections)
+    assert record["counts"]["images_read"] == len(images)
+    assert record["counts"]["regions_written"] == len(detections)
+    # Rows compared across runs and runners: without the per-run columns.
+    per_run = ("run_id",)
+    return ([{k: v for k, v in row.items() if k not in per_run} for row in detections],
+            [{k: v for k, v in row.items() if k not in per_run} for row in images])

@@ -4,7 +4,9 @@ them on the launcher and on every worker, wherever the package is installed ther
 from __future__ import annotations
 
 import functools
+import json
 import os
+from typing import Optional
 
 __all__ = [
     "BUNDLED_PREFIX",
@@ -15,6 +17,7 @@ __all__ = [
     "is_local_path",
     "local_model_path",
     "model_exists",
+    "read_score_threshold",
     "resolve_model_path",
 ]
 
@@ -23,6 +26,9 @@ DEFAULT_DETECTOR = "bundled:detector/saved_model"
 DEFAULT_DETECTOR_LABEL_MAP = "bundled:detector/label_map.pbtxt"
 DEFAULT_CLASSIFIER = "bundled:classifier/classifier.keras"
 DEFAULT_CLASSIFIER_LABELS = "bundled:classifier/labels.txt"
+# A detector may declare its recommended --min_score here, inside its SavedModel folder
+# (assets.extra/ is TensorFlow Serving's place for files beside the graph): {"min_score": 0.3}.
+SCORE_THRESHOLD_FILE = "assets.extra/score_threshold.json"
 
 
 def is_local_path(path: str) -> bool:
@@ -89,3 +95,24 @@ def _copy_to_local(path: str) -> str:
                 open(local, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
     return local_root
+
+
+def read_score_threshold(local_detector: str) -> Optional[float]:
+    """The ``min_score`` a detector declares in ``SCORE_THRESHOLD_FILE`` (a local SavedModel
+    folder), or None when it declares none.
+
+    Raises:
+        ValueError: the file exists but holds no number in [0, 1] under ``min_score``.
+    """
+    path = os.path.join(local_detector, SCORE_THRESHOLD_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = float(json.load(handle)["min_score"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} must be JSON with a number under 'min_score' "
+                         f"({type(exc).__name__}: {exc})") from exc
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{path}: min_score {value} is not between 0 and 1")
+    return value

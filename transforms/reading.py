@@ -147,7 +147,8 @@ class _SelectListedFn(beam.DoFn):
 
 
 class ReadImagePaths(beam.PTransform):
-    """Lists the input paths once each (duplicates removed), spread across workers."""
+    """Lists the input paths once each (duplicates removed). The job spreads them across
+    workers itself (``SpreadPaths`` in the graph), after sampling, skipping and counting."""
 
     def __init__(self, spec: InputSpec):
         super().__init__()
@@ -172,8 +173,7 @@ class ReadImagePaths(beam.PTransform):
                 | "MetadataToPath" >> beam.Map(lambda metadata: metadata.path))
         root = spec.root if spec.only_images else None
         paths = paths | "SelectImageFiles" >> beam.ParDo(_SelectListedFn(root))
-        # Each distinct path once; the reshuffle lets every worker take a share of the list.
-        return paths | "DistinctPaths" >> beam.Distinct() | "SpreadPaths" >> beam.Reshuffle()
+        return paths | "DistinctPaths" >> beam.Distinct()
 
 
 def max_file_bytes(max_pixels: int) -> int:

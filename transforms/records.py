@@ -44,6 +44,10 @@ DETECTIONS_SCHEMA = pa.schema(
         pa.field("confidence", pa.float32(), nullable=False),
         pa.field("detector_model", pa.string(), nullable=False),
         pa.field("classifier_model", pa.string(), nullable=False),
+        # Added with run records (columns are only ever added at the end).
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=False),
+        pa.field("classified", pa.bool_(), nullable=False),
     ]
 )
 
@@ -56,6 +60,8 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("error_stage", pa.string(), nullable=True),
         pa.field("error", pa.string(), nullable=True),
         pa.field("num_detections", pa.int32(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=False),
     ]
 )
 
@@ -130,6 +136,11 @@ class DetectionRow:
     confidence: float
     detector_model: str
     classifier_model: str
+    run_id: str = ""
+    fingerprint: str = ""
+    # False for a region of a detector class that --classify_detector_classes leaves out:
+    # class_id -1, label "" and confidence NaN.
+    classified: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         # Every key is always present: Beam's Parquet sink raises KeyError on a missing key.
@@ -148,8 +159,9 @@ class ImageRow:
     error: Optional[str] = None
     num_detections: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_dict(self, *, run_id: str = "", fingerprint: str = "") -> dict[str, Any]:
+        """The Parquet row; ``run_id`` and ``fingerprint`` are the run's, added when written."""
+        return {**dataclasses.asdict(self), "run_id": run_id, "fingerprint": fingerprint}
 
     @classmethod
     def failed(cls, path: str, stage: str, error: str, *, width: Optional[int] = None,

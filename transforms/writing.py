@@ -27,6 +27,8 @@ __all__ = [
     "SUCCESS_MARKER",
     "TABLES",
     "AccountImages",
+    "CountDetectionRows",
+    "CountImageRows",
     "ToDetectionRowsFn",
     "WriteParquetTable",
     "delete_tables",
@@ -39,6 +41,8 @@ PARQUET_CODEC = "zstd"
 TABLES = ("detections", "images")
 # Written into --output after both tables are final; its absence means the run did not finish.
 SUCCESS_MARKER = "_SUCCESS"
+# The run record (beam_pipeline.runs): written after _SUCCESS, the run's very last act.
+RUN_RECORD = "run.json"
 
 
 class ToDetectionRowsFn(beam.DoFn):
@@ -46,8 +50,10 @@ class ToDetectionRowsFn(beam.DoFn):
     ``classify_failed`` as ``(image_path, error)``."""
 
     def __init__(self, *, labels: list[str], detector_labels: Optional[Mapping[int, str]],
-                 detector_model: str, classifier_model: str):
+                 detector_model: str, classifier_model: str, run_id: str = "",
+                 fingerprint: str = ""):
         self._labels = list(labels)
+        self._run = {"run_id": run_id, "fingerprint": fingerprint}
         self._detector_labels = dict(detector_labels or {})
         self._detector_model = detector_model
         self._classifier_model = classifier_model
@@ -71,7 +77,7 @@ class ToDetectionRowsFn(beam.DoFn):
             detector_score=region.detector_score, class_id=answer.class_id,
             label=self._labels[answer.class_id], confidence=answer.confidence,
             detector_model=self._detector_model, classifier_model=self._classifier_model,
-        ).to_dict()
+            **self._run).to_dict()
 
 
 def finalize_image_row(rows: Iterable[ImageRow], classify_errors: Iterable[str]) -> ImageRow:
@@ -123,9 +129,47 @@ class WriteParquetTable(beam.PTransform):
             num_shards=self._num_shards)
 
 
+class CountImageRows(beam.CombineFn):
+    """Counts of the images table for the run record: rows, ok, errors by stage."""
+
+    def create_accumulator(self) -> dict[str, int]:
+        return {}
+
+    def add_input(self, counts: dict[str, int], row: Mapping) -> dict[str, int]:
+        counts["images"] = counts.get("images", 0) + 1
+        key = "ok" if row["status"] == STATUS_OK else f"error_{row['error_stage']}"
+        counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def merge_accumulators(self, accumulators: Iterable[dict[str, int]]) -> dict[str, int]:
+        merged: dict[str, int] = {}
+        for counts in accumulators:
+            for key, value in counts.items():
+                merged[key] = merged.get(key, 0) + value
+        return merged
+
+    def extract_output(self, counts: dict[str, int]) -> dict[str, int]:
+        return counts
+
+
+class CountDetectionRows(CountImageRows):
+    """Counts of the detections table: rows, and rows the classifier labelled."""
+
+    def add_input(self, counts: dict[str, int], row: Mapping) -> dict[str, int]:
+        counts["regions"] = counts.get("regions", 0) + 1
+        if row["classified"]:
+            counts["classified"] = counts.get("classified", 0) + 1
+        return counts
+
+
 def delete_tables(output: str) -> None:
-    """Deletes the tables (final files and any temporary files) and the success marker of a
-    run in ``output``; what is not there is skipped."""
+    """Deletes the run record, the success marker and the tables (final files and any
+    temporary files) of a run in ``output``; what is not there is skipped. The record goes
+    first, so an interrupted delete never leaves a folder that looks complete."""
+    for name in (RUN_RECORD, SUCCESS_MARKER):
+        marker = FileSystems.join(output, name)
+        if FileSystems.exists(marker):
+            FileSystems.delete([marker])
     for table in TABLES:
         folder = FileSystems.join(output, table)
         if is_local_path(output):
@@ -136,9 +180,6 @@ def delete_tables(output: str) -> None:
         found = [m.path for m in FileSystems.match([folder + "/**"])[0].metadata_list]
         if found:
             FileSystems.delete(found)
-    marker = FileSystems.join(output, SUCCESS_MARKER)
-    if FileSystems.exists(marker):
-        FileSystems.delete([marker])
 
 
 def write_success_marker(output: str) -> None:

@@ -1,0 +1,64 @@
+"""Start-up output no one can act on, hidden unless ``--verbose``.
+
+Hidden: TensorFlow's C++ INFO lines and its load-time notes (oneDNN, CPU instructions, and on
+a machine with no GPU the CUDA lines, including a ``failed call to cuInit`` "error" that only
+says there is no GPU: see ``transforms.tf_runtime``); Beam's ``apitools not found`` and ``Resource module is not available`` (Beam logs the
+latter when one of its optional imports fails; ``resource`` itself works). Every other
+warning and error is still shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+__all__ = ["NOISE", "quiet_startup"]
+
+# Substrings of Python log messages that carry no action for the user.
+NOISE = (
+    "apitools not found",
+    "Resource module is not available",
+    "Discarding unparseable args",
+    "No module named 'google.cloud'",
+    "Unable to fetch remote workers",
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # pylint: disable=broad-except
+            return True
+        return not any(text in message for text in NOISE)
+
+
+@contextlib.contextmanager
+def quiet_startup(*, enabled: bool = True) -> Iterator[None]:
+    """Installs the filters for the duration of the job (the env settings stay: they must be
+    in place before TensorFlow loads, and worker processes inherit them)."""
+    if not enabled:
+        os.environ["BDC_VERBOSE"] = "1"  # transforms.tf_runtime then shows TF's load output
+        yield
+        return
+    # TensorFlow's C++ INFO lines; its load-time noise is filtered by transforms.tf_runtime.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    noise = _DropNoise()
+    root = logging.getLogger()
+    if not root.handlers:  # records of named loggers reach only handlers, never root's filters
+        logging.basicConfig(format="%(levelname)s:%(name)s:%(message)s")
+    handlers = list(root.handlers)
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    root.addFilter(noise)
+    for handler in handlers:
+        handler.addFilter(noise)
+    try:
+        yield
+    finally:
+        root.removeFilter(noise)
+        for handler in handlers:
+            handler.removeFilter(noise)
