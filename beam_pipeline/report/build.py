@@ -40,9 +40,12 @@ def _binned_by(names, values) -> dict[str, np.ndarray]:
 
 def _histograms(detections, filters: Filters) -> list[str]:
     shown = data.apply_filters(detections, filters)
-    detector = pc.coalesce(shown["detector_label"], pc.cast(shown["detector_class_id"], "string"))
     by_label = _binned_by(shown["label"], shown["confidence"])
-    by_class = _binned_by(detector, shown["detector_score"])
+    # Detector scores of every region (classified or not) unless a filter narrows the view.
+    scored = shown if filters != ALL else detections
+    detector = pc.coalesce(scored["detector_label"],
+                           pc.cast(scored["detector_class_id"], "string"))
+    by_class = _binned_by(detector, scored["detector_score"])
     return [page.figure_img(figures.histogram_svg(by_label, xlabel="classifier confidence",
                                                   title="Confidence per label"),
                             "confidence histograms per label"),

@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 SUCCESS_MARKER = "_SUCCESS"
+# A region of a detector class the job does not classify has label "" and confidence NaN.
+NOT_CLASSIFIED = "(not classified)"
 RUN_RECORD = "run.json"
 CROP_COLUMNS = ("image_path", "roi_index", "box_ymin", "box_xmin", "box_ymax", "box_xmax",
                 "detector_label", "detector_class_id", "detector_score", "label", "confidence")
@@ -165,7 +167,8 @@ def totals(images: pa.Table, detections: pa.Table) -> Totals:
         images_without_regions=int(pc.sum(pc.and_(ok, pc.equal(images["num_detections"], 0)))
                                    .as_py() or 0),
         regions=detections.num_rows,
-        regions_per_label=_counts(detections["label"]) if detections.num_rows else {},
+        regions_per_label=_counts(pc.replace_substring_regex(
+            detections["label"], "^$", NOT_CLASSIFIED)) if detections.num_rows else {},
         regions_per_detector_class=_counts(detector) if detections.num_rows else {},
     )
 

@@ -43,9 +43,11 @@ def coco_dataset(images: pa.Table, detections: pa.Table, *,
     Each annotation is a detection result: ``bbox`` ``[x, y, w, h]`` in pixels, ``category_id``
     from ``label``, ``score`` = detector score x classifier confidence, and the two scores kept
     as ``detector_score`` and ``confidence``. Rows labelled ``background`` are rejections and
-    are left out unless ``include_background``. ``file_name`` is the path below the images'
+    are left out unless ``include_background``; regions the job did not classify always are. ``file_name`` is the path below the images'
     common folder; ``path`` the full one.
     """
+    if detections.num_rows:  # regions the job did not classify have the label ""
+        detections = detections.filter(pc.not_equal(detections["label"], ""))
     if not include_background and detections.num_rows:
         detections = detections.filter(pc.not_equal(detections["label"], BACKGROUND))
     ok = images.filter(pc.equal(images["status"], "ok")).sort_by("image_path")
