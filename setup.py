@@ -21,6 +21,7 @@ setup(
     packages=find_packages(include=["beam_pipeline", "beam_pipeline.*", "transforms",
                                     "transforms.*", "models", "training", "training.*"]),
     package_data={
+        "beam_pipeline.report": ["*.html"],  # the report's page template
         # Everything the trainers write into models/ (tests/test_packaging.py checks that each
         # file committed there is in the wheel and the sdist that --setup_file ships).
         "models": [
@@ -40,8 +41,10 @@ setup(
         "aws": ["apache-beam[aws]>=2.77.0,<2.78"],
         "gcp": ["apache-beam[gcp]>=2.77.0,<2.78"],
         "eval": ["faster-coco-eval>=1.6,<2"],
+        "report": ["matplotlib>=3.9,<4"],
         "test": ["pytest>=9,<10", "hypothesis>=6,<7", "moto[server]>=5,<6", "Pillow>=10",
-                 "apache-beam[aws]>=2.77.0,<2.78", "faster-coco-eval>=1.6,<2"],
+                 "apache-beam[aws]>=2.77.0,<2.78", "faster-coco-eval>=1.6,<2",
+                 "matplotlib>=3.9,<4", "pycocotools>=2.0,<3", "selenium>=4.20,<5"],
     },
     entry_points={"console_scripts": ["beam-detect-classify=beam_pipeline.main:main"]},
 )

@@ -158,7 +158,7 @@ def test_cut_crop_is_the_runtime_crop(scene):
 
 
 def test_report_page_inlines_pictures_and_explains_placeholders(scene):
-    output, paths, tmp_path = scene
+    output, paths, _ = scene
     page = build_report([output], per_label=2, whole_images=2)
     sources = re.findall(r'<img[^>]*src="([^"]*)"', page)
     assert sources and all(s.startswith("data:image/") for s in sources)
@@ -228,10 +228,10 @@ def _noisy_detections(annotations, seed):
         label = names[a["category_id"]] if rng.random() < 0.8 else str(rng.choice(labels))
         rows.append((files[a["image_id"]], [y + d[0], x + d[1], y + h + d[2], x + w + d[3]],
                      label))
-    for image_id in files:
+    for file_name in files.values():
         for _ in range(2):
             y, x = rng.uniform(0, 400, 2)
-            rows.append((files[image_id], [y, x, y + 30, x + 40], str(rng.choice(labels))))
+            rows.append((file_name, [y, x, y + 30, x + 40], str(rng.choice(labels))))
     return [_det(os.path.join("/data/images", path), i, label, float(rng.uniform(0.3, 1)),
                  tuple(box), detector_score=float(rng.uniform(0.3, 1)))
             for i, (path, box, label) in enumerate(rows)]
