@@ -69,9 +69,16 @@ def missing_extra(flag: str, path: str) -> str | None:
         return (f"{flag} {path}: Beam's {scheme}:// filesystem is not installed; "
                 f"run {install}")
     module = _CLIENT_MODULE.get(scheme)
-    if module is not None and importlib.util.find_spec(module.split(".")[0]) is None:
+    if module is not None and not _installed(module):
         return f"{flag} {path}: {scheme}:// needs {module}, which is not installed; run {install}"
     return None
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def _bucket(path: str) -> str:
@@ -91,7 +98,7 @@ def _client(s3: S3Options):
     from botocore.config import Config
 
     config = Config(connect_timeout=PROBE_CONNECT_TIMEOUT_S, read_timeout=PROBE_READ_TIMEOUT_S,
-                    retries={"max_attempts": PROBE_ATTEMPTS, "mode": "standard"})
+                    retries={"total_max_attempts": PROBE_ATTEMPTS, "mode": "standard"})
     return boto3.session.Session().client(
         "s3", region_name=s3.s3_region_name, api_version=s3.s3_api_version,
         use_ssl=not s3.s3_disable_ssl, verify=s3.s3_verify, endpoint_url=s3.s3_endpoint_url,

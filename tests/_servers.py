@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import http.server
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Self
 
-__all__ = ["free_port", "start_server", "stop_server", "venv_env"]
+__all__ = ["FlakyProxy", "free_port", "moto_s3", "silent_listener", "start_server",
+           "stop_server", "venv_env"]
 
 
 def free_port() -> int:
@@ -75,3 +83,119 @@ def stop_server(process: subprocess.Popen, *, timeout: float = 10.0) -> None:
         pass
     _signal_group(process.pid, signal.SIGKILL)
     process.wait(timeout=timeout)
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[int]:
+    """A loopback port that accepts connections (the kernel's backlog) but never answers:
+    an endpoint that hangs. Yields the port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield sock.getsockname()[1]
+
+
+class FlakyProxy:
+    """An HTTP proxy on loopback in front of ``upstream`` (``host:port``) that fails the first
+    ``failures`` GET/HEAD requests for each object whose key starts with ``prefix``.
+
+    ``mode`` is how it fails: ``"429"`` or ``"503"`` (an S3 ``SlowDown`` error body), or
+    ``"reset"`` (the connection is closed with a TCP reset, no response). Everything else is
+    passed through unchanged. ``failed`` counts the failures served, by request path.
+    Use as a context manager; ``url`` is its endpoint.
+    """
+
+    def __init__(self, upstream: str, *, prefix: str, failures: int = 2, mode: str = "429"):
+        self.failed: Counter[str] = Counter()
+        self._seen: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _should_fail(self) -> bool:
+                key = self.path.split("?", 1)[0]
+                parts = key.lstrip("/").split("/", 1)  # path-style: bucket, object key
+                if (self.command not in ("GET", "HEAD") or len(parts) < 2
+                        or not parts[1].startswith(prefix)):
+                    return False
+                with proxy._lock:
+                    proxy._seen[key] += 1
+                    if proxy._seen[key] > failures:
+                        return False
+                    proxy.failed[key] += 1
+                return True
+
+            def _fail(self) -> None:
+                if mode == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
+                status = int(mode)
+                body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                        b"<Message>Please reduce your request rate.</Message></Error>")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if self._should_fail():
+                    self._fail()
+                    return
+                upstream_conn = http.client.HTTPConnection(upstream, timeout=60)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("connection", "transfer-encoding")}
+                upstream_conn.request(self.command, self.path, body=body, headers=headers)
+                reply = upstream_conn.getresponse()
+                data = reply.read()
+                self.send_response(reply.status, reply.reason)
+                for name, value in reply.getheaders():
+                    if name.lower() not in ("connection", "transfer-encoding",
+                                            "content-length", "server", "date"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length",
+                                 reply.getheader("Content-Length") if self.command == "HEAD"
+                                 else str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream_conn.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@contextlib.contextmanager
+def moto_s3(log_dir: Path, **env: str) -> Iterator[str]:
+    """A moto S3 server on a free loopback port, with ``env`` added to its environment (for
+    example ``INITIAL_NO_AUTH_ACTION_COUNT="0"`` to make it check access keys); yields its URL."""
+    port = free_port()
+    server = start_server(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        port, log_dir / f"moto_server_{port}.log", timeout=60, env=venv_env(**env))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(server)

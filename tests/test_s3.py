@@ -12,9 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline.main import run
-from tests._servers import free_port, start_server, stop_server, venv_env
-from tests.conftest import IMAGE_HEIGHT, IMAGE_WIDTH, paint_image, write_png
-from tests.conftest import EXPECTED_BOXES, IMAGES
+from tests._servers import moto_s3, venv_env
+from tests.conftest import (
+    EXPECTED_BOXES,
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    IMAGES,
+    paint_image,
+    write_png,
+)
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto.server")
@@ -26,17 +32,9 @@ KEYS = {"access_key_id": "testing", "secret_access_key": "testing"}
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
     """A moto S3 server on a free loopback port; yields its URL and stops it afterwards."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    server = start_server(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        port, log, timeout=60,
-        env=venv_env(AWS_ACCESS_KEY_ID=KEYS["access_key_id"],
-                     AWS_SECRET_ACCESS_KEY=KEYS["secret_access_key"]))
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_server(server)
+    with moto_s3(tmp_path_factory.mktemp("moto"), AWS_ACCESS_KEY_ID=KEYS["access_key_id"],
+                 AWS_SECRET_ACCESS_KEY=KEYS["secret_access_key"]) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +154,7 @@ def test_model_copied_from_s3_is_removed_when_the_process_exits(s3_endpoint, buc
     done = subprocess.run(
         [sys.executable, "-c", _COPY_MODEL, f"s3://{bucket}/models/detector",
          *_s3_flags(s3_endpoint)],
-        capture_output=True, text=True, timeout=120, env=venv_env(),
+        check=False, capture_output=True, text=True, timeout=120, env=venv_env(),
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0, done.stderr[-2000:]
     local = done.stdout.strip().splitlines()[-1]
