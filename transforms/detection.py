@@ -1,10 +1,17 @@
-"""DetectObjects: a RunInference ModelHandler for TF2 Object Detection API SavedModels."""
+"""DetectObjects: a RunInference ModelHandler for TF Object Detection API SavedModels.
+
+Every input type of the OD API exporters is recognised from the ``serving_default`` signature
+and fed what it expects (docs/detector-exports.md): uint8 or float32 image tensors, encoded
+image strings and serialized ``tf.train.Example`` protos, with a batch of 1 or a free batch.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Optional
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
+import cv2
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
@@ -13,33 +20,62 @@ from transforms.records import DecodedImage, Detections
 from transforms.tf_runtime import configure_tensorflow
 
 __all__ = [
+    "INPUT_TYPES",
     "OD_API_OUTPUT_KEYS",
+    "DetectorInput",
     "DetectorModel",
     "ObjectDetectionModelHandler",
+    "encode_png",
     "parse_detections",
+    "recognise_input",
+    "tf_example_bytes",
 ]
 
 SIGNATURE_NAME = "serving_default"
 # num_detections is optional: without it every returned entry counts.
 OD_API_OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes")
+_READ_KEYS = (*OD_API_OUTPUT_KEYS, "num_detections")
 # Decoded images held per detector batch; only same-size images of a batchable model share a call.
 DEFAULT_DETECTOR_BATCH = 4
 
+# The exporter's --input_type names (research/object_detection/exporter_lib_v2.py).
+IMAGE_TENSOR = "image_tensor"
+FLOAT_IMAGE_TENSOR = "float_image_tensor"
+ENCODED_IMAGE_STRING_TENSOR = "encoded_image_string_tensor"
+TF_EXAMPLE = "tf_example"
+INPUT_TYPES = (IMAGE_TENSOR, FLOAT_IMAGE_TENSOR, ENCODED_IMAGE_STRING_TENSOR, TF_EXAMPLE)
 
-def parse_detections(outputs: dict[str, Any], index: int) -> Detections:
+SUPPORTED_INPUTS = ("one input: uint8 or float32 [batch, height, width, 3], or string [batch] of "
+                    "encoded images or tf.train.Example; batch 1 or free")
+# A string input is told apart by what its graph does with the strings.
+_PARSE_OPS = frozenset({"ParseExample", "ParseExampleV2", "ParseSingleExample",
+                        "ParseSequenceExample", "ParseSequenceExampleV2",
+                        "ParseSingleSequenceExample"})
+_DECODE_OPS = frozenset({"DecodeImage", "DecodePng", "DecodeJpeg", "DecodeAndCropJpeg",
+                         "DecodeBmp", "DecodeGif", "DecodeWebP"})
+_FEEDS = {
+    IMAGE_TENSOR: "the decoded RGB pixels",
+    FLOAT_IMAGE_TENSOR: "the decoded RGB pixels as float32 0..255",
+    ENCODED_IMAGE_STRING_TENSOR: "lossless PNG bytes of the decoded RGB pixels",
+    TF_EXAMPLE: "a tf.train.Example holding a PNG of the decoded RGB pixels",
+}
+
+
+def parse_detections(outputs: Mapping[str, Any], index: int) -> Detections:
     """Takes entry ``index`` of a batch of OD API outputs, keeping only the first
-    ``num_detections`` rows; extra output keys are ignored.
+    ``num_detections`` rows; extra output keys are never read.
 
-    Values are passed on as the model gave them (NaN scores and boxes are dropped and counted
-    by ``select_regions``); a non-finite class id becomes 0. Raises ValueError when the boxes
-    are not ``[N, 4]``, which fails this image at the ``detect`` stage.
+    ``detection_classes`` and ``num_detections`` may be float (the TF2 exporter) or integer
+    (TF Hub model cards). Values are passed on as the model gave them (NaN scores and boxes are
+    dropped and counted by ``select_regions``); a non-finite class id becomes 0. Raises
+    ValueError when the boxes are not ``[N, 4]``, which fails this image at the ``detect`` stage.
     """
     boxes = np.asarray(outputs["detection_boxes"][index], dtype=np.float32)
     if boxes.ndim != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"detection_boxes has shape {list(boxes.shape)} per image; an OD API "
                          "detector returns [N, 4] (ymin, xmin, ymax, xmax)")
     scores = np.asarray(outputs["detection_scores"][index], dtype=np.float32).reshape(-1)
-    classes = np.asarray(outputs["detection_classes"][index], dtype=np.float32).reshape(-1)
+    classes = np.asarray(outputs["detection_classes"][index], dtype=np.float64).reshape(-1)
     count = min(len(boxes), len(scores), len(classes))
     if "num_detections" in outputs:
         declared = float(np.asarray(outputs["num_detections"]).reshape(-1)[index])
@@ -50,8 +86,133 @@ def parse_detections(outputs: dict[str, Any], index: int) -> Detections:
     return Detections(boxes[:count], scores[:count], np.rint(classes).astype(np.int32))
 
 
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless PNG bytes of an RGB uint8 ``[H, W, 3]`` array (any strides)."""
+    bgr = np.ascontiguousarray(image[..., ::-1])  # OpenCV writes BGR
+    ok, encoded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {list(image.shape)} image as PNG")
+    return encoded.tobytes()
+
+
+def tf_example_bytes(image: np.ndarray) -> bytes:
+    """A serialized ``tf.train.Example`` of an RGB uint8 image, with the features the OD API's
+    ``TfExampleDecoder`` reads: ``image/encoded`` (PNG), ``image/format``, ``image/height``,
+    ``image/width``."""
+    import tensorflow as tf
+
+    def feature(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": feature(encode_png(image)),
+        "image/format": feature(b"png"),
+        "image/height": feature(int(image.shape[0])),
+        "image/width": feature(int(image.shape[1])),
+    }))
+    return example.SerializeToString()
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    return "[" + ", ".join(str(dim) for dim in shape) + "]"
+
+
+def _spec_text(name: str, spec: Any) -> str:
+    shape = "of unknown rank" if spec.shape.rank is None else _shape_text(spec.shape.as_list())
+    return f"'{name}' is {spec.dtype.name} {shape}"
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorInput:
+    """The one input of a detector's serving signature and the exporter input type it is."""
+
+    key: str
+    input_type: str  # one of INPUT_TYPES
+    dtype: str
+    shape: tuple[int | None, ...]
+
+    @property
+    def batchable(self) -> bool:
+        return self.shape[0] is None
+
+    def describe(self) -> str:
+        batch = "free batch" if self.batchable else "batch of 1"
+        return (f"OD API {self.input_type}: {self.dtype} {_shape_text(self.shape)} "
+                f"'{self.key}', {batch}; fed {_FEEDS[self.input_type]}")
+
+
+def recognise_input(inputs: Mapping[str, Any],
+                    graph_ops: Callable[[], set[str]]) -> DetectorInput:
+    """Tells which OD API input type a signature takes, from its input specs alone.
+
+    Args:
+        inputs: the signature's inputs by name (``tf.TensorSpec`` or alike).
+        graph_ops: returns the op types of the signature's graph; called only for a string
+            input, to tell encoded images (a decode op) from ``tf.train.Example`` (a parse op).
+
+    Raises:
+        ValueError: one line naming what was found and what is supported.
+    """
+    found = ", ".join(_spec_text(name, spec) for name, spec in sorted(inputs.items()))
+    if len(inputs) != 1:
+        extra = " (side inputs are not supported)" if len(inputs) > 1 else ""
+        raise ValueError(f"takes {len(inputs)} inputs ({found}){extra}; supported: "
+                         f"{SUPPORTED_INPUTS}")
+    (key, spec), = inputs.items()
+    dtype = spec.dtype.name
+    found = f"input {_spec_text(key, spec)}"
+    if spec.shape.rank is None:
+        raise ValueError(f"{found}; supported: {SUPPORTED_INPUTS}")
+    shape = tuple(spec.shape.as_list())
+    if dtype in ("uint8", "float32"):
+        if len(shape) != 4:
+            raise ValueError(f"{found}; supported: {SUPPORTED_INPUTS}")
+        if shape[3] not in (3, None):
+            raise ValueError(f"{found}: {shape[3]}-channel images; supported: 3-channel RGB "
+                             f"images, {dtype} [batch, height, width, 3]")
+        if shape[1:3] != (None, None):
+            raise ValueError(f"{found}: a fixed image size; supported: any height and width "
+                             "([batch, None, None, 3], as the OD API exporter writes)")
+        input_type = IMAGE_TENSOR if dtype == "uint8" else FLOAT_IMAGE_TENSOR
+    elif dtype == "string":
+        if len(shape) != 1:
+            raise ValueError(f"{found}; supported: string [batch], one encoded image or "
+                             "tf.train.Example per entry")
+        ops = graph_ops()
+        if ops & _PARSE_OPS:
+            input_type = TF_EXAMPLE
+        elif ops & _DECODE_OPS:
+            input_type = ENCODED_IMAGE_STRING_TENSOR
+        else:
+            raise ValueError(f"{found} but its graph neither decodes images nor parses "
+                             "tf.train.Example; supported: encoded_image_string_tensor or "
+                             "tf_example exports")
+    else:
+        raise ValueError(f"{found}: dtype {dtype} is not supported; supported: uint8 or "
+                         "float32 images, or string (encoded images, tf.train.Example)")
+    if shape[0] not in (1, None):
+        raise ValueError(f"{found}: a fixed batch of {shape[0]}; supported: batch 1 or free")
+    return DetectorInput(key, input_type, dtype, shape)
+
+
+def _op_types(function: Any) -> set[str]:
+    graph_def = function.graph.as_graph_def()
+    types = {node.op for node in graph_def.node}
+    for library_function in graph_def.library.function:  # map_fn bodies, nested tf.functions
+        types.update(node.op for node in library_function.node_def)
+    return types
+
+
 class DetectorModel:
-    """A loaded OD API SavedModel: its ``serving_default`` signature and how to feed it."""
+    """A loaded OD API SavedModel: its ``serving_default`` signature and how to feed it.
+
+    Attributes:
+        input_key: the signature's input name (``input_tensor``; ``inputs`` for TF1 exports).
+        input_type: the exporter's ``--input_type`` this signature matches (``INPUT_TYPES``).
+        batchable: whether the batch dimension is free (same-size images share one call).
+    """
 
     def __init__(self, path: str):
         import tensorflow as tf
@@ -64,38 +225,58 @@ class DetectorModel:
                 f"{path} has no '{SIGNATURE_NAME}' signature (found {sorted(signatures)}); "
                 "export it with the TF Object Detection API exporter")
         self._fn = signatures[SIGNATURE_NAME]
-        inputs = self._fn.structured_input_signature[1]
-        if len(inputs) != 1:
-            raise ValueError(f"{path}: '{SIGNATURE_NAME}' takes {sorted(inputs)}; "
-                             "expected exactly one uint8 image tensor (input_tensor)")
-        (self.input_key, spec), = inputs.items()
-        if spec.dtype != tf.uint8 or spec.shape.rank != 4 or spec.shape[3] not in (3, None):
-            raise ValueError(f"{path}: input '{self.input_key}' is {spec.dtype.name} "
-                             f"{spec.shape}; expected uint8 [batch, height, width, 3]")
-        self.batchable = spec.shape[0] is None
+        try:
+            self.input = recognise_input(self._fn.structured_input_signature[1],
+                                         lambda: _op_types(self._fn))
+        except ValueError as exc:
+            raise ValueError(f"{path}: '{SIGNATURE_NAME}' {exc}") from None
+        self.input_key = self.input.key
+        self.input_type = self.input.input_type
+        self.batchable = self.input.batchable
         missing = [k for k in OD_API_OUTPUT_KEYS if k not in self._fn.structured_outputs]
         if missing:
             raise ValueError(f"{path}: '{SIGNATURE_NAME}' lacks outputs {missing}; "
                              f"an OD API detector returns {list(OD_API_OUTPUT_KEYS)}")
         self._tf = tf
 
-    def _call(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self._fn(**{self.input_key: self._tf.constant(batch)})
-        return {key: value.numpy() for key, value in outputs.items()}
+    def describe(self) -> str:
+        """One line: the input type recognised, its dtype, shape and name, and the feed."""
+        return self.input.describe()
+
+    def _feed(self, images: Sequence[np.ndarray]) -> Any:
+        for image in images:
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"expected an RGB uint8 [H, W, 3] image, got {image.dtype} "
+                                 f"{list(image.shape)}")
+        if self.input_type == IMAGE_TENSOR:
+            return self._tf.constant(np.stack(images))
+        if self.input_type == FLOAT_IMAGE_TENSOR:
+            return self._tf.constant(np.stack(images).astype(np.float32))  # 0..255, as exported
+        encode = encode_png if self.input_type == ENCODED_IMAGE_STRING_TENSOR else tf_example_bytes
+        return self._tf.constant([encode(image) for image in images], dtype=self._tf.string)
+
+    def _call(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._fn(**{self.input_key: self._feed(images)})
+        # Masks, keypoints and raw detections can be large: only what is read leaves TF.
+        return {key: outputs[key].numpy() for key in _READ_KEYS if key in outputs}
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Detects objects in each RGB uint8 image; a failing image gets an error, not a raise."""
+        """Detects objects in each RGB uint8 image; a failing image gets an error, not a raise.
+
+        Boxes are normalized to each image's own size. Same-size images share one call when
+        the batch dimension is free; otherwise each image is its own call.
+        """
         if self.batchable and len(images) > 1 and len({im.shape for im in images}) == 1:
             try:
-                outputs = self._call(np.stack(images))
+                outputs = self._call(images)
                 return [parse_detections(outputs, i) for i in range(len(images))]
-            except Exception:  # pylint: disable=broad-except
+            except Exception:  # noqa: BLE001, S110  # pylint: disable=broad-except
                 pass  # fall back to one call per image, so only the bad image fails
         results = []
         for image in images:
             try:
-                results.append(parse_detections(self._call(image[np.newaxis]), 0))
-            except Exception as exc:  # pylint: disable=broad-except
+                results.append(parse_detections(self._call([image]), 0))
+            except Exception as exc:  # noqa: BLE001  # pylint: disable=broad-except
                 results.append(Detections.failed(f"{type(exc).__name__}: {exc}"[:500]))
         return results
 
@@ -108,7 +289,7 @@ class ObjectDetectionModelHandler(ModelHandler[DecodedImage, PredictionResult, D
     """
 
     def __init__(self, model_path: str, *, max_batch_size: int = DEFAULT_DETECTOR_BATCH,
-                 model_copies: Optional[int] = None):
+                 model_copies: int | None = None):
         super().__init__(min_batch_size=1, max_batch_size=max_batch_size,
                          model_copies=model_copies)
         self._model_path = model_path
@@ -118,7 +299,7 @@ class ObjectDetectionModelHandler(ModelHandler[DecodedImage, PredictionResult, D
         return DetectorModel(local_model_path(self._model_path))
 
     def run_inference(self, batch: Sequence[DecodedImage], model: DetectorModel,
-                      inference_args: Optional[dict[str, Any]] = None
+                      inference_args: dict[str, Any] | None = None
                       ) -> Iterable[PredictionResult]:
         detections = model.detect([image.pixels for image in batch])
         return [PredictionResult(image, found, self._model_path)
