@@ -397,3 +397,37 @@ def test_detect_tiled_real_resizing_detector_finds_small_squares_only_tiled(blob
     assert len(kept_whole) == 0
     assert _sorted_boxes(pixel_boxes) == _sorted_boxes(SQUARES)
     assert tiled.scores[kept].tolist() == pytest.approx([1.0] * len(SQUARES))
+
+
+# --- the job end to end ----------------------------------------------------------------------
+
+def _job_has_tiling() -> bool:
+    from beam_pipeline.options import job_option_names
+
+    return "tile_size" in job_option_names()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not _job_has_tiling(), reason="--tile_size is not wired into the job yet")
+def test_job_resizing_detector_finds_small_objects_only_with_tiles(models_dir, blob_detectors,
+                                                                   tmp_path):
+    from beam_pipeline.main import run
+    from tests.conftest import job_args, read_table, write_png
+
+    images = tmp_path / "images"
+    images.mkdir()
+    path = write_png(images / "squares.png", _squares_image(size=512))
+    detector = f"--detector_model={blob_detectors[False]}"
+    run(job_args(models_dir, images, tmp_path / "whole", detector, "--min_score=0.5"))
+    run(job_args(models_dir, images, tmp_path / "tiled", detector, "--min_score=0.5",
+                 "--tile_size=64", "--tile_overlap=0.25", "--tile_batch_size=4"))
+
+    assert read_table(tmp_path / "whole", "detections") == []
+    rows = read_table(tmp_path / "tiled", "detections")
+    assert {row["image_path"] for row in rows} == {path}
+    boxes = np.array([[row[f"box_{k}"] for k in ("ymin", "xmin", "ymax", "xmax")]
+                      for row in rows])
+    assert _sorted_boxes(boxes) == _sorted_boxes(SQUARES)
+    assert [row["detector_score"] for row in rows] == pytest.approx([1.0] * len(SQUARES))
+    (image_row,) = read_table(tmp_path / "tiled", "images")
+    assert (image_row["status"], image_row["num_detections"]) == ("ok", len(SQUARES))
