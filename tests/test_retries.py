@@ -152,8 +152,11 @@ def _read_through(endpoint: str) -> tuple[list[str], dict[str, int]]:
     """Lists and reads the bucket's images through ``endpoint`` in a Beam pipeline; returns
     the paths decoded (checked against every image) and the job's counters."""
     expected = sorted(f"s3://{BUCKET}/in/{name}" for name in IMAGES)
-    options = PipelineOptions([f"--s3_endpoint_url={endpoint}", f"--s3_access_key_id={KEYS[0]}",
-                               f"--s3_secret_access_key={KEYS[1]}", "--s3_region_name=us-east-1"])
+    # The job's options may be registered (required --input/--output): the run parses them.
+    options = PipelineOptions([
+        "--input=x", "--output=x", f"--s3_endpoint_url={endpoint}",
+        f"--s3_access_key_id={KEYS[0]}", f"--s3_secret_access_key={KEYS[1]}",
+        "--s3_region_name=us-east-1"])
     pipeline = beam.Pipeline(options=options)
     read = (pipeline
             | ReadImagePaths(resolve_input(f"s3://{BUCKET}/in/*.png"))
