@@ -104,6 +104,20 @@ class DetectClassifyOptions(PipelineOptions):
             "--num_shards", type=int, default=0,
             help="Parquet files per table (0 = let the runner decide).")
         group.add_argument(
+            "--tile_size", type=int, default=0,
+            help="Detect in overlapping square tiles of this many pixels and merge the boxes "
+                 "(for large images with small objects; 0 = off: the whole image is one call).")
+        group.add_argument(
+            "--tile_overlap", type=float, default=0.2,
+            help="Fraction of --tile_size that neighbouring tiles share, in [0, 0.5).")
+        group.add_argument(
+            "--tile_full_image", nargs="?", const=True, default=False, type=switch,
+            help="With --tile_size, also run the whole image, so objects larger than a tile "
+                 "are found too. Also =true|false.")
+        group.add_argument(
+            "--tile_batch_size", type=int, default=8,
+            help="Tiles per detector call when the detector's batch dimension is free.")
+        group.add_argument(
             "--skip_done_in", action="append", default=None, metavar="GLOB",
             help="Earlier outputs (e.g. 'gs://b/results/*'; repeatable): skip every path that "
                  "a complete earlier run finished 'ok' with the same fingerprint (same models, "

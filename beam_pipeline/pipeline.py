@@ -14,6 +14,7 @@ from transforms.detection import ObjectDetectionModelHandler
 from transforms.progress import CountProgress
 from transforms.reading import FAILED_TAG, InputSpec, ReadAndDecodeFn, ReadImagePaths
 from transforms.regions import IMAGES_TAG, CropRegionsFn
+from transforms.tiles import TilingConfig
 from transforms.skipping import SKIPPED_TAG, SkipDoneImages, in_sample
 from transforms.writing import (
     CLASSIFY_FAILED_TAG,
@@ -55,6 +56,7 @@ class JobConfig:
     sample: float = 1.0
     max_error_fraction: Optional[float] = None
     progress_folder: Optional[str] = None  # local runs: where workers count progress
+    tiling: Optional[TilingConfig] = None
 
 
 def _failed_batch_to_errors(failed) -> list[tuple[str, str]]:
@@ -91,7 +93,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
         ReadAndDecodeFn(max_pixels=config.max_image_pixels)).with_outputs(FAILED_TAG,
                                                                           main="images")
     detections = decoded.images | "DetectObjects" >> RunInference(
-        ObjectDetectionModelHandler(config.detector_model, model_copies=config.model_copies))
+        ObjectDetectionModelHandler(config.detector_model, model_copies=config.model_copies,
+                                    tiling=config.tiling))
     regions = detections | "CropRegions" >> beam.ParDo(CropRegionsFn(
         min_score=config.min_score, max_detections=config.max_detections,
         padding=config.crop_padding, crop_height=config.classifier_input_size[0],

@@ -34,6 +34,7 @@ from transforms.reading import (
     resolve_input,
 )
 from transforms.tf_runtime import configure_tensorflow
+from transforms.tiles import TilingConfig
 from transforms.writing import RUN_RECORD, TABLES, delete_tables
 
 __all__ = ["ConfigError", "check_input", "check_output", "validate"]
@@ -45,6 +46,8 @@ class ConfigError(ValueError):
 
 # The score threshold when neither --min_score nor the detector says otherwise.
 DEFAULT_MIN_SCORE = 0.5
+# Smaller tiles than this only multiply detector calls.
+MIN_TILE_SIZE = 32
 
 
 def _exists(path: str) -> bool:
@@ -64,6 +67,13 @@ def _check_numbers(opts: DetectClassifyOptions) -> None:
         raise ConfigError(f"--max_image_pixels={opts.max_image_pixels} must be >= 1")
     if opts.model_copies < 0 or opts.num_shards < 0:
         raise ConfigError("--model_copies and --num_shards must be 0 (the default) or more")
+    if opts.tile_size != 0 and opts.tile_size < MIN_TILE_SIZE:
+        raise ConfigError(f"--tile_size={opts.tile_size} must be 0 (off) or at least "
+                          f"{MIN_TILE_SIZE} pixels")
+    if not 0.0 <= opts.tile_overlap < 0.5:
+        raise ConfigError(f"--tile_overlap={opts.tile_overlap} must be in [0, 0.5)")
+    if opts.tile_batch_size < 1:
+        raise ConfigError(f"--tile_batch_size={opts.tile_batch_size} must be at least 1")
     if not 0.0 < opts.sample <= 1.0:
         raise ConfigError(f"--sample={opts.sample} must be in (0, 1]: the fraction of paths "
                           "to process")
@@ -249,7 +259,10 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
     identity = run_identity(
         opts, min_score=min_score, min_score_source=min_score_source, labels=labels,
         detector_labels=detector_labels, labels_path=labels_path,
-        detector_description=_describe(detector))
+        detector_description=_describe(detector),
+        row_options={"tile_size": opts.tile_size,
+                     **({"tile_overlap": opts.tile_overlap,
+                         "tile_full_image": opts.tile_full_image} if opts.tile_size else {})})
     done = complete_outputs(opts.skip_done_in or [], exclude=[opts.output])
     done = [(folder, record) for folder, record in done
             if record.get("fingerprint") == identity.fingerprint]
@@ -271,7 +284,10 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
         model_copies=opts.model_copies or None, num_shards=opts.num_shards,
         run_id=identity.run_id, fingerprint=identity.fingerprint, record=record,
         done_tables=tuple(table_files(folder, "images") for folder, _ in done),
-        sample=opts.sample, max_error_fraction=opts.max_error_fraction)
+        sample=opts.sample, max_error_fraction=opts.max_error_fraction,
+        tiling=TilingConfig(opts.tile_size, overlap=opts.tile_overlap,
+                            full_image=opts.tile_full_image,
+                            batch_size=opts.tile_batch_size) if opts.tile_size else None)
 
 
 def _describe(detector) -> str:

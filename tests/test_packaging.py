@@ -208,9 +208,14 @@ def test_flex_template_parameter_values_parse_with_the_options():
     argv = []
     for param in _metadata()["parameters"]:
         action = _option_actions()[param["name"]]
-        value = action.choices[0] if action.choices else (
-            "gs://bucket/x" if action.default is None or isinstance(action.default, str)
-            else str(action.default))
+        if action.choices:
+            value = action.choices[0]
+        elif action.default is not None and not isinstance(action.default, str):
+            value = str(action.default)
+        elif action.type in (int, float):  # a number whose default is None (not set)
+            value = "0.5" if action.type is float else "1"
+        else:
+            value = "gs://bucket/x"
         argv.append(f"--{param['name']}={value}")
     parsed = DetectClassifyOptions(argv).get_all_options(retain_unknown_options=True)
     assert parsed["input"] == "gs://bucket/x" and parsed["output"] == "gs://bucket/x"
