@@ -104,6 +104,11 @@ class DetectClassifyOptions(PipelineOptions):
             "--num_shards", type=int, default=0,
             help="Parquet files per table (0 = let the runner decide).")
         group.add_argument(
+            "--classify_detector_classes", default=None, metavar="IDS_OR_NAMES",
+            help="Crop and classify only regions of these detector classes (comma-separated "
+                 "ids or label-map names, e.g. '1,3' or 'defect'). Other regions are still "
+                 "written, with classified=false. Default: every class.")
+        group.add_argument(
             "--tile_size", type=int, default=0,
             help="Detect in overlapping square tiles of this many pixels and merge the boxes "
                  "(for large images with small objects; 0 = off: the whole image is one call).")

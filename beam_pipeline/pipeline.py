@@ -6,14 +6,15 @@ import dataclasses
 from typing import Any, Mapping, Optional
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
+from apache_beam.ml.inference.base import PredictionResult, RunInference
 
 from beam_pipeline.runs import finish_run
 from transforms.classification import KerasClassifierModelHandler
 from transforms.detection import ObjectDetectionModelHandler
 from transforms.progress import CountProgress
 from transforms.reading import FAILED_TAG, InputSpec, ReadAndDecodeFn, ReadImagePaths
-from transforms.regions import IMAGES_TAG, CropRegionsFn
+from transforms.records import METRICS_NAMESPACE
+from transforms.regions import IMAGES_TAG, UNCLASSIFIED_TAG, CropRegionsFn
 from transforms.tiles import TilingConfig
 from transforms.skipping import SKIPPED_TAG, SkipDoneImages, in_sample
 from transforms.writing import (
@@ -57,11 +58,13 @@ class JobConfig:
     max_error_fraction: Optional[float] = None
     progress_folder: Optional[str] = None  # local runs: where workers count progress
     tiling: Optional[TilingConfig] = None
+    classify_detector_classes: Optional[frozenset[int]] = None  # None: classify every class
 
 
 def _failed_batch_to_errors(failed) -> list[tuple[str, str]]:
     """A classifier batch that raised: every region in it fails, with the exception's text."""
     batch, exc = failed
+    beam.metrics.Metrics.counter(METRICS_NAMESPACE, "regions_failed_classify").inc(len(batch))
     if isinstance(exc, tuple) and len(exc) >= 2:  # Beam passes (type, repr, traceback)
         message = str(exc[1])
     else:
@@ -98,7 +101,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
     regions = detections | "CropRegions" >> beam.ParDo(CropRegionsFn(
         min_score=config.min_score, max_detections=config.max_detections,
         padding=config.crop_padding, crop_height=config.classifier_input_size[0],
-        crop_width=config.classifier_input_size[1])).with_outputs(IMAGES_TAG, main="regions")
+        crop_width=config.classifier_input_size[1],
+        classify_classes=config.classify_detector_classes)).with_outputs(
+            IMAGES_TAG, UNCLASSIFIED_TAG, main="regions")
     detected_rows, failed_rows = regions[IMAGES_TAG], decoded[FAILED_TAG]
     if progress:
         detected_rows = detected_rows | "CountDone" >> beam.ParDo(CountProgress(progress, "done"))
@@ -109,11 +114,15 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
             config.classifier_model, preprocess_mode=config.classifier_preprocess,
             batch_size=config.classifier_batch_size, safe_mode=config.safe_mode,
             model_copies=config.model_copies)).with_exception_handling()
-    rows = classified | "ToDetectionRows" >> beam.ParDo(ToDetectionRowsFn(
-        labels=list(config.classifier_labels), detector_labels=config.detector_labels,
-        detector_model=config.detector_model, classifier_model=config.classifier_model,
-        run_id=config.run_id, fingerprint=config.fingerprint,
-    )).with_outputs(CLASSIFY_FAILED_TAG, main="rows")
+    not_asked = regions[UNCLASSIFIED_TAG] | "SkipClassifier" >> beam.Map(
+        lambda region: PredictionResult(region, None))
+    rows = ((classified, not_asked)
+            | "AllRegions" >> beam.Flatten()
+            | "ToDetectionRows" >> beam.ParDo(ToDetectionRowsFn(
+                labels=list(config.classifier_labels), detector_labels=config.detector_labels,
+                detector_model=config.detector_model, classifier_model=config.classifier_model,
+                run_id=config.run_id, fingerprint=config.fingerprint,
+            )).with_outputs(CLASSIFY_FAILED_TAG, main="rows"))
     classify_failed = (
         (rows[CLASSIFY_FAILED_TAG],
          dead_letters.failed_inferences | "FailedBatches" >> beam.FlatMap(

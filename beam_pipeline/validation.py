@@ -256,11 +256,13 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
                           f"classifier has {classifier.num_classes} outputs; give one label per "
                           "output, in order")
     min_score, min_score_source = _min_score(opts)
+    classify_classes = parse_detector_classes(opts.classify_detector_classes, detector_labels)
     identity = run_identity(
         opts, min_score=min_score, min_score_source=min_score_source, labels=labels,
         detector_labels=detector_labels, labels_path=labels_path,
         detector_description=_describe(detector),
-        row_options={"tile_size": opts.tile_size,
+        row_options={"classify_detector_classes": sorted(classify_classes or []) or None,
+                     "tile_size": opts.tile_size,
                      **({"tile_overlap": opts.tile_overlap,
                          "tile_full_image": opts.tile_full_image} if opts.tile_size else {})})
     done = complete_outputs(opts.skip_done_in or [], exclude=[opts.output])
@@ -287,7 +289,35 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
         sample=opts.sample, max_error_fraction=opts.max_error_fraction,
         tiling=TilingConfig(opts.tile_size, overlap=opts.tile_overlap,
                             full_image=opts.tile_full_image,
-                            batch_size=opts.tile_batch_size) if opts.tile_size else None)
+                            batch_size=opts.tile_batch_size) if opts.tile_size else None,
+        classify_detector_classes=classify_classes)
+
+
+def parse_detector_classes(value: Optional[str],
+                           label_map: Optional[dict[int, str]]) -> Optional[frozenset[int]]:
+    """``--classify_detector_classes``: comma-separated ids or label-map names to ids."""
+    if value is None or not value.strip():
+        return None
+    by_name = {name: class_id for class_id, name in (label_map or {}).items()}
+    ids = set()
+    for word in (part.strip() for part in value.split(",")):
+        if not word:
+            continue
+        if word.isdigit():
+            if int(word) < 1:
+                raise ConfigError(f"--classify_detector_classes: {word} is not a detector class "
+                                  "id (they start at 1)")
+            ids.add(int(word))
+        elif word in by_name:
+            ids.add(by_name[word])
+        elif label_map:
+            raise ConfigError(f"--classify_detector_classes: {word!r} is not in the detector's "
+                              f"label map (names: {', '.join(sorted(by_name))}); use a name "
+                              "from it or a class id")
+        else:
+            raise ConfigError(f"--classify_detector_classes: {word!r} is a name but the detector "
+                              "has no label map; pass --detector_label_map or use class ids")
+    return frozenset(ids) if ids else None
 
 
 def _describe(detector) -> str:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from beam_pipeline.main import run
-from tests.conftest import check_run, job_args
+import json
+import math
+
+import pytest
+
+from beam_pipeline.main import main, run
+from tests.conftest import check_run, job_args, read_table
+
+pytestmark = pytest.mark.e2e
 
 
 def test_pipeline_writes_expected_rows(models_dir, image_dir, tmp_path, capsys):
@@ -37,3 +44,37 @@ def test_pipeline_with_one_model_copy_shared_across_processes(models_dir, image_
     metrics = run(job_args(models_dir, image_dir, tmp_path / "shared", "--model_copies=1"))
     check_run(tmp_path / "shared", image_dir, models_dir)
     assert metrics["regions_classified"] == 9
+
+
+def test_only_named_detector_classes_are_classified(models_dir, image_dir, tmp_path):
+    # The fake detector's boxes A and C are class 1 ("defect"), B is class 2.
+    run(job_args(models_dir, image_dir, tmp_path / "all"))
+    run(job_args(models_dir, image_dir, tmp_path / "some",
+                 "--classify_detector_classes=defect"))
+    every = {(row["image_path"], row["roi_index"]): row
+             for row in read_table(tmp_path / "all", "detections")}
+    some = read_table(tmp_path / "some", "detections")
+    assert len(some) == len(every) == 9
+    for row in some:
+        full = every[(row["image_path"], row["roi_index"])]
+        assert row["box_ymin"] == full["box_ymin"] and row["detector_score"] == full["detector_score"]
+        if row["detector_class_id"] == 1:
+            assert row["classified"] and (row["class_id"], row["label"]) == (
+                full["class_id"], full["label"])
+        else:
+            assert not row["classified"]
+            assert (row["class_id"], row["label"]) == (-1, "")
+            assert math.isnan(row["confidence"])
+            assert row["detector_label"] == "Other thing"
+    record = json.loads((tmp_path / "some" / "run.json").read_text())
+    assert record["counts"]["regions_classified"] == 6
+    assert record["counts"]["regions_written"] == 9
+
+
+def test_unknown_detector_class_name_is_refused(models_dir, image_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(job_args(models_dir, image_dir, tmp_path / "out",
+                      "--classify_detector_classes=defect,scratch"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'scratch' is not in the detector's label map" in err and "defect" in err

@@ -115,7 +115,9 @@ class Region:
     box: tuple[float, float, float, float]  # ymin, xmin, ymax, xmax in pixels
     detector_class_id: int
     detector_score: float
-    crop: np.ndarray  # uint8 [h, w, 3], already the classifier's input size
+    # uint8 [h, w, 3], already the classifier's input size; None for a region that is not
+    # classified (--classify_detector_classes).
+    crop: Optional[np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)

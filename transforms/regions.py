@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Optional
 
 import apache_beam as beam
 import numpy as np
@@ -19,9 +20,11 @@ from transforms.boxes import (
 )
 from transforms.records import METRICS_NAMESPACE, STATUS_OK, ImageRow, Region
 
-__all__ = ["IMAGES_TAG", "CropRegionsFn", "select_regions"]
+__all__ = ["IMAGES_TAG", "UNCLASSIFIED_TAG", "CropRegionsFn", "select_regions"]
 
 IMAGES_TAG = "images"
+# Regions of detector classes that --classify_detector_classes leaves out: no crop is cut.
+UNCLASSIFIED_TAG = "unclassified"
 
 
 def select_regions(detections: Detections, height: int, width: int, *, min_score: float,
@@ -57,7 +60,9 @@ class CropRegionsFn(beam.DoFn):
     """
 
     def __init__(self, *, min_score: float, max_detections: int, padding: float,
-                 crop_height: int, crop_width: int):
+                 crop_height: int, crop_width: int,
+                 classify_classes: Optional[frozenset[int]] = None):
+        self._classify_classes = classify_classes  # None: every detector class
         self._min_score = min_score
         self._max_detections = max_detections
         self._padding = padding
@@ -85,11 +90,14 @@ class CropRegionsFn(beam.DoFn):
         self._kept.inc(len(keep))
         self._per_image.update(len(keep))
         for roi_index, (index, box) in enumerate(zip(keep, boxes)):
-            crop = resize_to(crop_box(image.pixels, box), *self._crop_size)
-            yield Region(image_path=image.path, roi_index=roi_index,
-                         box=tuple(float(v) for v in box),
-                         detector_class_id=int(detections.classes[index]),
-                         detector_score=float(detections.scores[index]), crop=crop)
+            detector_class = int(detections.classes[index])
+            classify = self._classify_classes is None or detector_class in self._classify_classes
+            region = Region(image_path=image.path, roi_index=roi_index,
+                            box=tuple(float(v) for v in box), detector_class_id=detector_class,
+                            detector_score=float(detections.scores[index]),
+                            crop=resize_to(crop_box(image.pixels, box), *self._crop_size)
+                            if classify else None)
+            yield region if classify else beam.pvalue.TaggedOutput(UNCLASSIFIED_TAG, region)
         yield beam.pvalue.TaggedOutput(IMAGES_TAG, ImageRow(
             image_path=image.path, status=STATUS_OK, width=image.width, height=image.height,
             num_detections=len(keep)))

@@ -59,24 +59,36 @@ class ToDetectionRowsFn(beam.DoFn):
         self._classifier_model = classifier_model
         self._classified = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "regions_classified")
         self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "regions_failed_classify")
+        self._not_classified = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
+                                                            "regions_not_classified")
 
     def process(self, result: PredictionResult) -> Iterator[object]:
         region, answer = result.example, result.inference
+        if answer is None:  # a detector class the classifier is not asked about
+            self._not_classified.inc()
+            yield self._row(region, class_id=-1, label="", confidence=float("nan"),
+                            classified=False)
+            return
         if answer.error is not None or not 0 <= answer.class_id < len(self._labels):
             self._failed.inc()
             error = answer.error or f"class index {answer.class_id} has no label"
             yield beam.pvalue.TaggedOutput(CLASSIFY_FAILED_TAG, (region.image_path, error))
             return
         self._classified.inc()
+        yield self._row(region, class_id=answer.class_id, label=self._labels[answer.class_id],
+                        confidence=answer.confidence, classified=True)
+
+    def _row(self, region, *, class_id: int, label: str, confidence: float,
+             classified: bool) -> dict:
         ymin, xmin, ymax, xmax = region.box
-        yield DetectionRow(
+        return DetectionRow(
             image_path=region.image_path, roi_index=region.roi_index,
             box_ymin=ymin, box_xmin=xmin, box_ymax=ymax, box_xmax=xmax,
             detector_class_id=region.detector_class_id,
             detector_label=self._detector_labels.get(region.detector_class_id),
-            detector_score=region.detector_score, class_id=answer.class_id,
-            label=self._labels[answer.class_id], confidence=answer.confidence,
-            detector_model=self._detector_model, classifier_model=self._classifier_model,
+            detector_score=region.detector_score, class_id=class_id, label=label,
+            confidence=confidence, detector_model=self._detector_model,
+            classifier_model=self._classifier_model, classified=classified,
             **self._run).to_dict()
 
 
