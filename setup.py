@@ -31,6 +31,7 @@ setup(
             "detector/saved_model/*.pb",
             "detector/saved_model/variables/*",
             "detector/saved_model/assets/*",
+            "detector/saved_model/assets.extra/*",
             "classifier/*.keras",
             "classifier/*.txt",
             "classifier/*.json",
