@@ -383,10 +383,12 @@ def _no_ops() -> set[str]:
 
 
 @pytest.mark.parametrize("specs, expected", [
-    ([], "takes 0 inputs (); supported: one input: uint8 or float32"),
+    ([], "takes no inputs; supported: one input: uint8 or float32"),
     ([("input_tensor", "uint8", [1, None, None, 3]), ("side_inp", "float32", [1])],
      ("takes 2 inputs ('input_tensor' is uint8 [1, None, None, 3], 'side_inp' is float32 [1])"
-      " (side inputs are not supported); supported: one input")),
+      ": side inputs are not supported; supported: exactly one input, the images")),
+    ([(f"in{i}", "uint8", [1]) for i in range(4)],
+     "takes 4 inputs ('in0' is uint8 [1], 'in1' is uint8 [1], 'in2' is uint8 [1], ...): side"),
     ([("input_tensor", "uint8", [1, None, None, 1])],
      ("input 'input_tensor' is uint8 [1, None, None, 1]: 1-channel images; supported: "
       "3-channel RGB")),
@@ -448,6 +450,7 @@ def test_detector_model_refuses_side_inputs_one_channel_and_file_names(tmp_path)
             DetectorModel(path)
         message = str(caught.value)
         assert message.startswith(f"{path}: 'serving_default' ") and expected in message
+        assert len(message) <= 300  # the launcher prints the first 300 characters
 
 
 # -- The real job: every export writes the rows of the uint8 export ------------------------------
