@@ -26,6 +26,8 @@ from transforms.detection import parse_detections
 from transforms.decoding import DecodeError, decode_image
 from transforms.reading import FAILED_TAG, ReadAndDecodeFn
 
+pytestmark = pytest.mark.e2e  # runs the job, subprocesses or builds: the slow tier
+
 COLORS = ("red", "green", "blue")  # boxes A, B, C of the fake detector, in score order
 # Pixel boxes A, B, C in the upright 100x200 image (C clipped at the right edge).
 EXPECTED_BOXES = [(10.0, 20.0, 40.0, 60.0), (50.0, 100.0, 90.0, 180.0), (0.0, 120.0, 20.0, 200.0)]

@@ -13,6 +13,8 @@ from transforms.model_files import (DEFAULT_CLASSIFIER, DEFAULT_CLASSIFIER_LABEL
                                     DEFAULT_DETECTOR, DEFAULT_DETECTOR_LABEL_MAP,
                                     resolve_model_path)
 
+pytestmark = pytest.mark.e2e  # runs the job, subprocesses or builds: the slow tier
+
 MAX_MODEL_BYTES = 5 * 1024 * 1024
 
 

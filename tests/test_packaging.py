@@ -18,6 +18,8 @@ import pytest
 
 from beam_pipeline.options import DetectClassifyOptions
 
+pytestmark = pytest.mark.e2e  # runs the job, subprocesses or builds: the slow tier
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("beam_pipeline", "transforms", "training", "models")
 # The bundled models, as transforms/model_files.py names them (bundled:<path>).

@@ -12,6 +12,8 @@ from beam_pipeline.main import run
 from tests._servers import free_port, start_server, stop_server, venv_env
 from tests.conftest import check_run, job_args
 
+pytestmark = pytest.mark.e2e  # runs the job, subprocesses or builds: the slow tier
+
 
 @pytest.fixture()
 def worker_pool(tmp_path):

@@ -22,6 +22,8 @@ from tests.conftest import (
     write_png,
 )
 
+pytestmark = pytest.mark.e2e  # runs the job, subprocesses or builds: the slow tier
+
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto.server")
 

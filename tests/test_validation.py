@@ -20,6 +20,8 @@ from beam_pipeline.validation import ConfigError, validate
 from tests.conftest import COLOR_LABELS, paint_image, write_png
 from transforms.writing import SUCCESS_MARKER
 
+pytestmark = pytest.mark.e2e  # runs the job, subprocesses or builds: the slow tier
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A mistake must be reported in seconds: Python + Beam + TensorFlow imports and loading the two
 # small models take a few seconds on 2 cores; no pipeline may start.
