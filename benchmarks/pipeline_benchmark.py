@@ -77,7 +77,7 @@ def run_row(row: str, n: int, assets: dict, out: str, cores: float, min_window: 
     manifest = models["manifests"][str(n)]
     if runner in ("limit", "origin"):
         cmd = [sys.executable, "-m", "benchmarks._loops", runner, manifest,
-               models["detector"], models["classifier"], output]
+               models["detector"], models["classifier"], models["labels"], output]
     else:
         cmd = [sys.executable, "-m", "benchmarks._run_pipeline", "--input", manifest,
                "--output", output, "--detector_model", models["detector"],
