@@ -9,9 +9,13 @@ import pytest
 
 from training.train_classifier import INPUT_SIZE, LABELS
 from transforms.labels import read_label_map, read_labels
-from transforms.model_files import (DEFAULT_CLASSIFIER, DEFAULT_CLASSIFIER_LABELS,
-                                    DEFAULT_DETECTOR, DEFAULT_DETECTOR_LABEL_MAP,
-                                    resolve_model_path)
+from transforms.model_files import (
+    DEFAULT_CLASSIFIER,
+    DEFAULT_CLASSIFIER_LABELS,
+    DEFAULT_DETECTOR,
+    DEFAULT_DETECTOR_LABEL_MAP,
+    resolve_model_path,
+)
 
 pytestmark = pytest.mark.e2e  # runs the job, subprocesses or builds: the slow tier
 
@@ -69,6 +73,24 @@ def test_bundled_models_are_at_most_5_mb(path):
     assert 0 < _size(resolve_model_path(path)) <= MAX_MODEL_BYTES
 
 
+def test_bundled_detector_declares_a_validated_score_threshold():
+    import json
+
+    from training.calibrate_threshold import EVALUATION_SEEDS, TRAINING_SEEDS
+
+    path = os.path.join(resolve_model_path(DEFAULT_DETECTOR), "assets.extra",
+                        "score_threshold.json")
+    with open(path, encoding="utf-8") as handle:
+        declared = json.load(handle)
+    assert set(declared) == {"min_score", "rule", "validation", "written_by"}
+    assert 0.05 <= declared["min_score"] < 0.5  # the floor of the export, the old default
+    validation = declared["validation"]
+    assert validation["seed"] not in (*TRAINING_SEEDS, *EVALUATION_SEEDS, 4242)
+    assert validation["num_images"] >= 200
+    assert validation["ap50"] >= 0.9 and validation["classifier_label_accuracy"] >= 0.95
+    assert declared["written_by"].startswith("python -m training.calibrate_threshold")
+
+
 def test_job_with_bundled_models_finds_and_names_most_defects(tmp_path):
     from beam_pipeline.main import run
     from training.evaluate import evaluate
@@ -76,13 +98,13 @@ def test_job_with_bundled_models_finds_and_names_most_defects(tmp_path):
 
     # A seed used nowhere else: neither training (1, 2, 10002) nor the model card (1000-3000).
     annotations = generate_dataset(str(tmp_path / "data"), 6, seed=4242)
-    metrics = run([f"--input={tmp_path / 'data' / 'images'}", f"--output={tmp_path / 'out'}",
-                   "--min_score=0.3"])
+    # No --min_score: the job takes the threshold the detector declares.
+    metrics = run([f"--input={tmp_path / 'data' / 'images'}", f"--output={tmp_path / 'out'}"])
     assert metrics["images_read"] == 6
     result = evaluate(str(tmp_path / "out"), annotations)
     assert result["num_gt"] >= 10
-    # On 200 images at --min_score 0.3 the model card measures ~92% of defects found and a
-    # classifier accuracy of ~0.96; six images leave room for chance.
+    # On 200 images at the declared threshold the model card measures 93-95% of defects found
+    # and a classifier accuracy of 0.97-0.99; six images leave room for chance.
     assert result["matched"] >= 0.75 * result["num_gt"], result
     assert result["classifier_label_accuracy"] >= 0.8, result
     assert result["detector_label_accuracy"] == 0.0  # 'defect' is never a ground-truth type

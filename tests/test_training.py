@@ -75,3 +75,56 @@ def test_train_detector_smoke_exports_od_api_signature(tmp_path):
     assert result["detection_boxes"].shape == (1, detector.MAX_DETECTIONS, 4)
     assert result["detection_classes"].dtype == tf.float32
     assert result["num_detections"].shape == (1,)
+
+
+def test_choose_threshold_takes_the_highest_within_tolerance():
+    from training.calibrate_threshold import choose_threshold
+
+    sweep = [{"min_score": 0.1, "ap50": 0.93}, {"min_score": 0.2, "ap50": 0.926},
+             {"min_score": 0.3, "ap50": 0.924}, {"min_score": 0.4, "ap50": 0.93},
+             {"min_score": 0.5, "ap50": 0.80}]
+    # 0.4 is within 0.005 of 0.93 again after a dip below it at 0.3: the highest one wins.
+    assert choose_threshold(sweep, 0.93, tolerance=0.005)["min_score"] == 0.4
+    assert choose_threshold(sweep[:3], 0.93, tolerance=0.005)["min_score"] == 0.2
+    assert choose_threshold(sweep[:3], 0.93, tolerance=0.01)["min_score"] == 0.3
+    with pytest.raises(ValueError, match="no threshold"):
+        choose_threshold(sweep[4:], 0.93, tolerance=0.005)
+
+
+def test_sweep_scores_the_rows_above_each_threshold():
+    import pyarrow as pa
+
+    from training.calibrate_threshold import sweep
+    from transforms.records import DETECTIONS_SCHEMA, DetectionRow
+
+    # Four images with one defect each; the detections of images 0 and 1 score 0.9, those of
+    # images 2 and 3 score 0.3, and image 3's is a background false positive besides.
+    coco = {"images": [{"id": i + 1, "file_name": f"{i}.png", "width": 100, "height": 100}
+                       for i in range(4)],
+            "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                             "bbox": [10.0, 10.0, 20.0, 20.0], "area": 400.0}
+                            for i in range(4)],
+            "categories": [{"id": 1, "name": "particle"}]}
+
+    def row(image, score, label="particle", box=(10.0, 10.0, 30.0, 30.0)):
+        return DetectionRow(f"/in/{image}.png", 0, *box, 1, None, score, 0, label, 0.9,
+                            "det", "cls").to_dict()
+
+    rows = [row(0, 0.9), row(1, 0.9), row(2, 0.3), row(3, 0.3),
+            row(3, 0.2, label="background", box=(60.0, 60.0, 90.0, 90.0))]
+    table = pa.Table.from_pylist(rows, schema=DETECTIONS_SCHEMA)
+    low, high = sweep(table, coco, [0.25, 0.5])
+    assert (low["min_score"], low["rows"], low["recall"]) == (0.25, 4, 1.0)
+    assert low["ap50"] == pytest.approx(1.0)
+    assert (high["rows"], high["recall"]) == (2, 0.5)
+    assert high["ap50"] == pytest.approx(51 / 101, abs=0.01)  # precision 1 up to recall 0.5
+    assert low["classifier_label_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 1000, 2000, 3000, 10002])
+def test_calibrate_refuses_training_and_evaluation_seeds(seed):
+    from training.calibrate_threshold import calibrate
+
+    with pytest.raises(ValueError, match="training or evaluation seed"):
+        calibrate(detector_model="unused", classifier_model="unused",
+                  classifier_labels="unused", seed=seed, num_images=1)
