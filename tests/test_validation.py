@@ -187,8 +187,7 @@ def test_cli_refuses_a_rerun_into_the_same_output(models_dir, images, tmp_path):
 @pytest.mark.parametrize("model, expected", [
     ("no_signature", ("has no 'serving_default' signature (found []); export it with the TF "
                       "Object Detection API exporter")),
-    ("float_input", "input 'input_tensor' is float32"),
-    ("two_inputs", "expected exactly one uint8 image tensor"),
+    ("two_inputs", "side inputs are not supported; supported: exactly one input"),
     ("wrong_keys", ("lacks outputs ['detection_boxes', 'detection_scores', "
                     "'detection_classes']")),
     ("not_a_model", "is not a usable OD API SavedModel"),
@@ -237,8 +236,8 @@ def test_validate_refuses_inputs_that_name_no_images(models_dir, images, tmp_pat
     (tmp_path / "comments.txt").write_text("# only a comment\n\n")
     (tmp_path / "no_path_column.csv").write_text("file,label\na.png,x\n")
     out = tmp_path / "out"
-    assert "is not a folder with files" in _refused(_argv(models_dir, empty, out, input=empty))
-    assert "has no image files (.jpg" in _refused(
+    assert "has no image files" in _refused(_argv(models_dir, empty, out, input=empty))
+    assert "has no image files in it or its subfolders" in _refused(
         _argv(models_dir, images, out, input=tmp_path / "docs"))
     assert "names no paths (only blank or # lines)" in _refused(
         _argv(models_dir, images, out, input=tmp_path / "comments.txt"))
@@ -332,7 +331,7 @@ def test_check_output_names_an_unfinished_run(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "part-00000-of-00001.parquet").write_bytes(b"PAR1")
     with pytest.raises(ConfigError, match=r"already holds a run's tables \(unfinished, no "
-                                          r"_SUCCESS: .*pass --overwrite"):
+                                          r"run.json: .*pass --overwrite"):
         check_output(str(tmp_path), overwrite=False)
     check_output(str(tmp_path), overwrite=True)  # allowed; nothing deleted before validation ends
     assert (tmp_path / "images" / "part-00000-of-00001.parquet").exists()
@@ -366,3 +365,16 @@ def test_on_off_flag_with_a_value_that_is_not_true_or_false_is_an_error(capsys):
     with pytest.raises(SystemExit):
         DetectClassifyOptions(["--input=x", "--output=y", "--overwrite=maybe"]).overwrite
     assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
+def test_output_that_is_a_file_is_refused_as_a_file(models_dir, images, tmp_path):
+    target = tmp_path / "results.txt"
+    target.write_text("not a folder")
+    message = _refused(_argv(models_dir, images, target))
+    assert "is a file; --output names a folder" in message and "permission" not in message
+
+
+def test_a_model_mistake_leaves_no_output_folder_behind(models_dir, images, tmp_path):
+    output = tmp_path / "new" / "out"
+    _refused(_argv(models_dir, images, output, detector_model=models_dir / "colors.keras"))
+    assert not output.exists()
