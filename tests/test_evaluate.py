@@ -184,6 +184,21 @@ def test_evaluate_recall_counts_scored_rows_only(tmp_path, coco):
                              include_background=True)["recall50"] == pytest.approx(15 / 20)
 
 
+def test_evaluate_unclassified_rows_count_for_the_detector_label_only(tmp_path, coco):
+    # Every second region left unclassified by the job (class_id -1, label ""): the classifier
+    # accuracy is over the 10 classified matches, the detector's over all 20.
+    rows = _rows(coco, detector_label=None)
+    for k, r in enumerate(rows):
+        r["detector_class_id"] = r["class_id"]
+        if k % 2:
+            r.update(classified=False, class_id=-1, label="", confidence=float("nan"))
+    label_map = {k + 1: n for k, n in enumerate(NAMES)}
+    m = _run(tmp_path, coco, rows, label_map=label_map)
+    assert m["classifier_label_accuracy"] == 1.0
+    assert m["detector_label_accuracy"] == 1.0 and m["matched"] == 20
+    assert m["ap50"] == pytest.approx(1.0)  # unclassified regions are detections, not rejections
+
+
 def test_greedy_match_takes_corner_boxes():
     # [ymin, xmin, ymax, xmax]: a tall thin GT box and a detection on its right half (IoU 0.5),
     # and one across its top (IoU 0.1).

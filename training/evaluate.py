@@ -19,7 +19,8 @@ Metrics:
 * ``detector_label_accuracy`` / ``classifier_label_accuracy``: over detections matched to a
   ground-truth box (IoU >= 0.5, greedy by ``detector_score``, one detection per box), the fraction
   whose label equals the ground-truth category name. All rows take part here, ``background`` ones
-  included: calling a real defect background is a classifier error. The detector's label is
+  included: calling a real defect background is a classifier error; rows the job did not
+  classify (``classified`` false) count only for the detector's label. The detector's label is
   ``detector_label``, or when null the ``--label_map`` label of ``detector_class_id``, read as the
   job reads it (``transforms.labels``: ``display_name``, else ``name``).
 * ``recall50``: the fraction of ground-truth boxes matched (the same greedy rule) by a scored
@@ -157,7 +158,9 @@ def evaluate(detections: Union[str, pa.Table], annotations: Union[str, dict], *,
         det_by_image.setdefault(img_ids[i], []).append(i)
     scores = np.asarray(rows["detector_score"], float)
     scored = set(kept)
-    det_correct = cls_correct = matched = found = 0
+    # Regions the job did not classify (--classify_detector_classes) have no classifier label.
+    classified = rows.get("classified") or [True] * n
+    det_correct = cls_correct = matched = matched_classified = found = 0
     for img, idx in det_by_image.items():
         gts = gt_by_image.get(img, [])
         gt_corners = np.array([[y, x, y + h, x + w] for x, y, w, h in (g["bbox"] for g in gts)],
@@ -172,10 +175,13 @@ def evaluate(detections: Union[str, pa.Table], annotations: Union[str, dict], *,
                 det_label = label_map.get(rows["detector_class_id"][i])
             matched += 1
             det_correct += det_label == truth
-            cls_correct += rows["label"][i] == truth
+            if classified[i]:
+                matched_classified += 1
+                cls_correct += rows["label"][i] == truth
     metrics.update({
         "detector_label_accuracy": det_correct / matched if matched else float("nan"),
-        "classifier_label_accuracy": cls_correct / matched if matched else float("nan"),
+        "classifier_label_accuracy": cls_correct / matched_classified if matched_classified
+        else float("nan"),
         "recall50": found / len(annotations["annotations"]) if annotations["annotations"]
         else float("nan"),
         "matched": matched,

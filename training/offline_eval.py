@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m training.offline_eval --input DIR/images --output OUT --min_score 0.3
+    python -m training.offline_eval --input DIR/images --output OUT [--min_score 0.3]
     python -m training.evaluate --detections OUT --annotations DIR/annotations.json
 
 ``run_loop`` is built from the job's own pieces (``transforms``: ``decode_image``,
@@ -158,6 +158,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         DEFAULT_CLASSIFIER_LABELS,
         DEFAULT_DETECTOR,
         DEFAULT_DETECTOR_LABEL_MAP,
+        local_model_path,
+        read_score_threshold,
         resolve_model_path,
     )
 
@@ -171,8 +173,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--classifier_labels", default=None,
                         help="Default: the bundled labels with the bundled classifier "
                              "(required with another classifier).")
-    parser.add_argument("--min_score", type=float, required=True,
-                        help="Keep detections scoring at least this (0..1).")
+    parser.add_argument("--min_score", type=float, default=None,
+                        help="Keep detections scoring at least this (0..1). Default: as the "
+                             "job, the threshold the detector declares, else 0.5.")
     parser.add_argument("--max_detections", type=int, default=100)
     parser.add_argument("--crop_padding", type=float, default=0.0)
     parser.add_argument("--classifier_preprocess", default="unit")
@@ -188,12 +191,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     start = time.perf_counter()
     detector, classifier = load_models(args.detector_model, args.classifier_model)
     loaded = time.perf_counter()
+    min_score = args.min_score
+    if min_score is None:
+        declared = read_score_threshold(local_model_path(args.detector_model))
+        min_score = 0.5 if declared is None else declared
+        print(f"--min_score {min_score} ("
+              f"{'declared by the detector' if declared is not None else 'default'})")
     paths = list_images(args.input)
     rows = run_loop(
         paths, detector=detector, classifier=classifier,
         labels=read_labels(resolve_model_path(labels)),
         detector_labels=read_label_map(resolve_model_path(label_map)) if label_map else None,
-        min_score=args.min_score, max_detections=args.max_detections,
+        min_score=min_score, max_detections=args.max_detections,
         crop_padding=args.crop_padding, preprocess_mode=args.classifier_preprocess,
         batch_size=args.classifier_batch_size, detector_model=args.detector_model,
         classifier_model=args.classifier_model)
