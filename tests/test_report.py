@@ -325,6 +325,8 @@ def test_finetune_reads_labels_from_folders(tmp_path):
         (tmp_path / folder).mkdir()
         cv2.imwrite(str(tmp_path / folder / "x.png"), np.full((7, 12, 3), color, np.uint8))
     (tmp_path / "empty").mkdir()
+    (tmp_path / "_unsure").mkdir()  # ignored: crops nobody could name
+    shutil.copy(tmp_path / "red" / "x.png", tmp_path / "_unsure" / "x.png")
     crops, ids = read_review_folder(str(tmp_path), ["red", "green", "blue"])
     assert crops.shape == (2, 64, 64, 3) and ids.tolist() == [2, 0]
     assert crops[0, 0, 0].tolist() == [0, 0, 255] and crops[1, 0, 0].tolist() == [255, 0, 0]

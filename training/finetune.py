@@ -13,9 +13,13 @@ resized as the pipeline resizes them, mixed with freshly rendered training crops
 rate from the given classifier. Writes ``classifier.keras`` and ``labels.txt`` under
 ``--output``.
 
+A folder whose name starts with ``_`` (``_unsure/``) is ignored: the place for crops nobody can
+name. Batch normalization layers stay frozen (their statistics come from the full training set).
+
 ``--relabel_from ANNOTATIONS`` plays the person for generated data: before training it moves
-every crop to the folder of the ground-truth box it overlaps (IoU >= 0.5), else to
-``background``, using ``review.csv``'s paths and boxes.
+every crop (``review.csv``'s paths and boxes) to the folder of the ground-truth box it overlaps
+with IoU >= 0.5; a crop that covers no defect by more than 10% of either's area (the trainer's
+rule for background) to ``background``; anything between to ``_unsure``.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ import cv2
 import numpy as np
 
 from training.train_classifier import BACKGROUND_ID, INPUT_SIZE, LABELS, _augment, make_crops
-from transforms.boxes import iou_matrix, resize_to
+from transforms.boxes import intersection_areas, iou_matrix, resize_to
 
 __all__ = ["finetune", "read_review_folder", "relabel_from_annotations"]
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+BACKGROUND_OVERLAP = 0.1  # train_classifier's background crops overlap defects at most this
 
 
 def read_review_folder(folder: str, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +50,7 @@ def read_review_folder(folder: str, labels: Sequence[str]) -> tuple[np.ndarray, 
     crops, ids, unknown = [], [], []
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        if not os.path.isdir(path):
+        if not os.path.isdir(path) or name.startswith("_"):
             continue
         files = sorted(f for f in os.listdir(path) if f.lower().endswith(PICTURE_SUFFIXES))
         if name not in labels:
@@ -68,7 +73,8 @@ def read_review_folder(folder: str, labels: Sequence[str]) -> tuple[np.ndarray, 
 
 def relabel_from_annotations(folder: str, annotations: str, *, iou: float = 0.5) -> dict:
     """Moves each crop of ``review.csv`` to the folder of the ground-truth box (COCO, matched by
-    the image's basename) it overlaps most with IoU >= ``iou``, else ``background``."""
+    the image's basename) it overlaps most with IoU >= ``iou``; to ``background`` when it
+    covers no box by more than ``BACKGROUND_OVERLAP`` of either's area; else to ``_unsure``."""
     with open(annotations) as handle:
         coco = json.load(handle)
     names = {c["id"]: c["name"] for c in coco["categories"]}
@@ -85,9 +91,15 @@ def relabel_from_annotations(folder: str, annotations: str, *, iou: float = 0.5)
         box = [float(row[k]) for k in ("box_ymin", "box_xmin", "box_ymax", "box_xmax")]
         label = LABELS[BACKGROUND_ID]
         if truth:
-            overlaps = iou_matrix(np.array([box]), np.array([b for b, _ in truth]))[0]
+            gts = np.array([b for b, _ in truth], np.float64)
+            overlaps = iou_matrix(np.array([box]), gts)[0]
+            areas = np.minimum((box[2] - box[0]) * (box[3] - box[1]),
+                               (gts[:, 2] - gts[:, 0]) * (gts[:, 3] - gts[:, 1]))
+            covered = intersection_areas(np.array([box]), gts)[0] / np.maximum(areas, 1e-9)
             if overlaps.max() >= iou:
                 label = truth[int(np.argmax(overlaps))][1]
+            elif covered.max() > BACKGROUND_OVERLAP:
+                label = "_unsure"
         source = os.path.join(folder, row["file"])
         target = os.path.join(folder, label, os.path.basename(row["file"]))
         if os.path.exists(source) and source != target:
@@ -116,6 +128,9 @@ def finetune(classifier: str, review: str, output: str, *, labels: Sequence[str]
     x = np.concatenate([np.repeat(x_review, review_repeats, axis=0), x_replay])
     y = np.concatenate([np.repeat(y_review, review_repeats), y_replay])
     model = keras.models.load_model(classifier, safe_mode=True)
+    for layer in model.layers:  # frozen: a few hundred crops must not move the statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
     if model.output_shape[-1] != len(labels):
         raise ValueError(f"{classifier} has {model.output_shape[-1]} outputs for "
                          f"{len(labels)} labels")
