@@ -181,7 +181,9 @@ def steady_state(run: Run, images: int, cores: float, *,
     first, last = int(0.1 * images), math.ceil(0.9 * images) - 1
     window = stamps[last] - stamps[first]
     figures.update(startup_s=stamps[0] - run.start, tail_s=run.end - stamps[-1],
-                   window_s=window)
+                   window_s=window,
+                   # Everything after the first image: the tail's joins and writes count too.
+                   run_images_s=(images - 1) / max(run.end - stamps[0], 1e-9))
     if window < min_window:
         figures["reason"] = (f"steady-state window {window:.2f} s is shorter than "
                              f"{min_window:g} s; run more images")

@@ -101,7 +101,8 @@ def summarize(runs: list[dict]) -> dict:
     summary = {"runs": len(runs), "reason": refused[0] if refused else None,
                "refused": len(refused), "rss": max(r["rss"] for r in runs),
                "load": (min(r["load"][0] for r in runs), max(r["load"][1] for r in runs))}
-    for key in ("total_s", "startup_s", "tail_s", "cpu_ms", "cores_busy", "images_s"):
+    for key in ("total_s", "startup_s", "tail_s", "cpu_ms", "cores_busy", "images_s",
+                "run_images_s"):
         values = [r[key] for r in runs if key in r]
         if values:
             summary[key] = statistics.median(values)
@@ -117,17 +118,20 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
 
 def format_table(results: dict[str, dict], cores: float) -> str:
     head = (f"{'row':<42} {'images':>6} {'images/s [min-max]':>20} {'CPU ms/img':>10} "
-            f"{'cores busy':>10} {'start-up s':>10} {'tail s':>6} {'total s':>7} "
+            f"{'cores busy':>10} {'after start-up img/s':>20} {'start-up s':>10} {'tail s':>6} "
+            f"{'total s':>7} "
             f"{'RSS MB':>6} {'vs loop':>7} {'load':>9}")
     lines = [head, "-" * len(head)]
     for row, r in results.items():
         label, ref = ROWS[row][0], ROWS[row][3]
         load = f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
         start = (f"{label:<42} {r['images']:>6} ")
-        end = (f"{_fmt(r.get('startup_s')):>10} {_fmt(r.get('tail_s')):>6} "
+        end = (f"{_fmt(r.get('run_images_s')):>20} {_fmt(r.get('startup_s')):>10} "
+               f"{_fmt(r.get('tail_s')):>6} "
                f"{r['total_s']:>7.1f} {r['rss'] / 2**20:>6.0f}")
         if r["reason"]:
-            lines.append(f"{start}{'not measurable: ' + r['reason']:<50} {end} {'-':>7} {load:>9}")
+            lines.append(f"{start}{'not measurable: ' + r['reason']:<42} {end} {'-':>7} "
+                         f"{load:>9}")
             continue
         low, high = r["images_s_range"]
         ratio = "-"
@@ -138,7 +142,8 @@ def format_table(results: dict[str, dict], cores: float) -> str:
                      f"{end} {ratio:>7} {load:>9}")
     lines.append(f"images/s: median of {next(iter(results.values()))['runs']} runs [min-max], "
                  f"10%..90% images out of the detector; CPU ms/img and cores busy (of "
-                 f"{cores:g}) in that window; load: 1-min load average before-after")
+                 f"{cores:g}) in that window; after start-up: from the first image out of the "
+                 "detector to the end (tail included); load: 1-min load average before-after")
     lines.extend(break_even(results))
     return "\n".join(lines)
 
