@@ -45,7 +45,8 @@ setup(
         "report": ["matplotlib>=3.9,<4"],
         "test": ["pytest>=9,<10", "hypothesis>=6,<7", "moto[server]>=5,<6", "Pillow>=10",
                  "apache-beam[aws]>=2.77.0,<2.78", "faster-coco-eval>=1.6,<2",
-                 "matplotlib>=3.9,<4", "pycocotools>=2.0,<3", "selenium>=4.20,<5"],
+                 "matplotlib>=3.9,<4", "pycocotools>=2.0,<3", "selenium>=4.20,<5",
+                 "duckdb>=1.1,<3"],
     },
     entry_points={"console_scripts": ["beam-detect-classify=beam_pipeline.main:main"]},
 )

@@ -93,7 +93,16 @@ def check_command(argv: list[str]) -> PipelineOptions:
     return options
 
 
-README_COMMANDS = _commands(README.read_text(encoding="utf-8"), "-m beam_pipeline")
+def _is_job(words: list[str]) -> bool:
+    return any(words[i] == "-m" and words[i + 1] == "beam_pipeline"
+               for i in range(len(words) - 1))
+
+
+# The README and the longer pages it links to (docs/*.md).
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+README_COMMANDS = [words for doc in DOCS
+                   for words in _commands(doc.read_text(encoding="utf-8"), "-m beam_pipeline")
+                   if _is_job(words)]
 
 
 def test_readme_has_the_recipes():
