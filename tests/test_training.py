@@ -128,3 +128,20 @@ def test_calibrate_refuses_training_and_evaluation_seeds(seed):
     with pytest.raises(ValueError, match="training or evaluation seed"):
         calibrate(detector_model="unused", classifier_model="unused",
                   classifier_labels="unused", seed=seed, num_images=1)
+
+
+@pytest.mark.e2e
+def test_train_classifier_smoke_writes_a_safe_mode_model_and_summary(tmp_path):
+    import keras
+
+    from training import train_classifier
+
+    out = tmp_path / "cls"
+    train_classifier.main(["--output", str(out), "--num_images", "4", "--val_images", "2",
+                           "--epochs", "1", "--batch_size", "16"])
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["num_images"] == 4 and summary["train_crops"] > 0
+    assert summary["parameters"] > 0 and summary["train_seconds"] > 0
+    assert (out / "labels.txt").read_text().split() == train_classifier.LABELS
+    model = keras.models.load_model(os.fspath(out / "classifier.keras"), safe_mode=True)
+    assert tuple(model.output_shape) == (None, len(train_classifier.LABELS))

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from training.common import add_common_flags, write_summary
 from training.generate import CATEGORY_NAMES, render_image
 from transforms.boxes import clip_boxes, crop_box, intersection_areas, resize_to
 
@@ -150,23 +151,15 @@ def train(output: str, *, seed: int, num_images: int, val_images: int, epochs: i
                "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                "train_crops": len(x_train), "val_crops": len(x_val),
                "val_accuracy": round(float(val_acc), 4),
-               "reloaded_accuracy_first_512": round(float(np.mean(pred == y_val[:512])), 4),
-               "parameters": int(model.count_params()),
-               "train_seconds": round(time.perf_counter() - t0, 1)}
-    with open(os.path.join(output, "training_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+               "reloaded_accuracy_first_512": round(float(np.mean(pred == y_val[:512])), 4)}
+    return write_summary(output, summary, model=model, start=t0)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="models/classifier")
-    parser.add_argument("--seed", type=int, default=2)
-    parser.add_argument("--num_images", type=int, default=3000)
+    add_common_flags(parser, output="models/classifier", seed=2, num_images=3000, epochs=16,
+                     batch_size=64, learning_rate=2e-3)
     parser.add_argument("--val_images", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=16)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
     args = parser.parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
     print(json.dumps(train(args.output, seed=args.seed, num_images=args.num_images,

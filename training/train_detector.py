@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from training import detector
+from training.common import add_common_flags, write_summary
 from training.generate import render_image
 
 __all__ = ["LABEL_MAP", "augment_batch", "render_training_set", "train"]
@@ -121,23 +122,15 @@ def train(output: str, *, seed: int, num_images: int, size: int, epochs: int, ba
     assert check["detection_boxes"].shape == (1, detector.MAX_DETECTIONS, 4)
     summary = {"seed": seed, "num_images": num_images, "size": size, "epochs": epochs,
                "batch_size": batch_size, "learning_rate": learning_rate, "base": base, "stem": stem,
-               "max_defects": max_defects, "init_from": init_from,
-               "parameters": int(model.count_params()),
-               "train_seconds": round(time.perf_counter() - t0, 1)}
-    with open(os.path.join(output, "training_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+               "max_defects": max_defects, "init_from": init_from}
+    return write_summary(output, summary, model=model, start=t0)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="models/detector")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--num_images", type=int, default=8000)
+    add_common_flags(parser, output="models/detector", seed=1, num_images=8000, epochs=18,
+                     batch_size=16, learning_rate=3e-3)
     parser.add_argument("--size", type=int, default=256, help="Square training image size.")
-    parser.add_argument("--epochs", type=int, default=18)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--base", type=int, default=32, help="Channel width of the network.")
     parser.add_argument("--stem", choices=["patch", "conv"], default="patch",
                         help="How the network reaches stride 4 (see training.detector).")
