@@ -1,0 +1,143 @@
+"""The engine tier: the job on Prism, Flink and Spark, run here for real, giving the
+DirectRunner's rows, its completion marker and (where the engine reports them) its metrics.
+
+What each engine needs comes from ``scripts/engines.sh`` (Prism built with Go, the Flink and
+Spark job servers from Maven; cached in ``.engines/``). Without Go, Java or Maven, or when the
+fetch fails, each test skips with that reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from beam_pipeline.main import run
+from tests.conftest import check_run, job_args
+
+pytestmark = pytest.mark.engines
+
+ROOT = Path(__file__).resolve().parent.parent
+FETCH_TIMEOUT_S = 1800  # a first Prism build took 15.7 min on 2 busy cores
+
+# engine -> (tools scripts/engines.sh needs, the job's flags given the fetched path)
+ENGINES = {
+    "prism": (("go",), lambda path: [
+        "--runner=PrismRunner", f"--prism_location={path}"]),
+    "flink": (("java", "mvn", "jar"), lambda path: [
+        "--runner=FlinkRunner", "--flink_master=[local]", f"--flink_job_server_jar={path}",
+        "--parallelism=2", "--environment_type=LOOPBACK"]),
+    "spark": (("java", "mvn", "jar"), lambda path: [
+        "--runner=SparkRunner", "--spark_master_url=local[2]", f"--spark_job_server_jar={path}",
+        "--environment_type=LOOPBACK"]),
+}
+
+# Beam's Spark job server reports only attempted metric values (committed is None), and
+# beam_pipeline.summary.collect_metrics reads committed ones: every job counter comes back 0.
+SPARK_METRICS = ("Spark's job server reports attempted metrics only; collect_metrics reads "
+                 "committed values (docs/engines.md)")
+
+
+def fetch_engine(engine: str) -> str:
+    """The path ``scripts/engines.sh`` prints for ``engine``; skips the test, saying why,
+    when a tool is missing or the fetch or build fails."""
+    tools, _ = ENGINES[engine]
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found on PATH: the {engine} engine needs it")
+    try:
+        done = subprocess.run([str(ROOT / "scripts" / "engines.sh"), engine],
+                              check=False, cwd=ROOT, capture_output=True, text=True,
+                              timeout=FETCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"scripts/engines.sh {engine} ran past {FETCH_TIMEOUT_S} s")
+    if done.returncode != 0:
+        pytest.skip(f"scripts/engines.sh {engine} failed (exit {done.returncode}): "
+                    + " | ".join(done.stderr.strip().splitlines()[-4:]))
+    path = done.stdout.strip().splitlines()[-1]
+    assert os.path.exists(path), f"scripts/engines.sh {engine} printed {path!r}: not a file"
+    return path
+
+
+class Run(NamedTuple):
+    """One finished run of the job: its output folder, returned metrics and printed summary."""
+
+    output: Path
+    metrics: dict[str, float]
+    summary: str
+
+
+@pytest.fixture(scope="module")
+def runs(models_dir, image_dir, tmp_path_factory):
+    """``runs(engine)``: the job on the shared scene on ``engine`` ("direct" for the
+    DirectRunner), run once per module and kept for the tests that read it."""
+    done: dict[str, Run] = {}
+
+    def get(engine: str) -> Run:
+        if engine not in done:
+            flags = [] if engine == "direct" else ENGINES[engine][1](fetch_engine(engine))
+            output = tmp_path_factory.mktemp(engine) / "out"
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                metrics = run(job_args(models_dir, image_dir, output, *flags))
+            done[engine] = Run(output, metrics, printed.getvalue())
+        return done[engine]
+
+    return get
+
+
+def completion_marker(output: Path) -> dict:
+    """The run record when the job writes ``run.json``; else ``_SUCCESS`` (the marker before
+    run records) must be there."""
+    record = output / "run.json"
+    if record.exists():
+        return json.loads(record.read_text())
+    assert (output / "_SUCCESS").exists(), f"no run.json and no _SUCCESS in {output}"
+    return {"status": "complete"}
+
+
+def job_metrics(values: dict[str, float]) -> dict[str, float]:
+    """The counts that must not depend on the engine: the job's own counters and
+    distributions' counts and sums, RunInference's inference and model-load counts."""
+    return {name: value for name, value in values.items()
+            if not name.startswith("beam.metric:") and "latency" not in name
+            and "msec" not in name and "byte_size" not in name}
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_engine_gives_the_direct_runners_rows(engine, runs, models_dir, image_dir):
+    result = runs(engine)
+    # Same rows, the broken image included (the images table and its dead letter).
+    assert check_run(result.output, image_dir, models_dir) == check_run(
+        runs("direct").output, image_dir, models_dir)
+    record = completion_marker(result.output)
+    assert record["status"] == "complete"
+    if "counts" in record:
+        assert record["counts"]["images_read"] == 4
+        assert record["counts"]["errors_by_stage"]["decode"] == 1
+    if "runner" in record:
+        assert record["runner"] == ENGINES[engine][1]("x")[0].split("=")[1]
+    assert "images:  4 read" in result.summary
+
+
+@pytest.mark.parametrize("engine", [
+    "prism", "flink", pytest.param("spark", marks=pytest.mark.xfail(strict=True,
+                                                                    reason=SPARK_METRICS))])
+def test_engine_reports_the_direct_runners_metrics(engine, runs):
+    assert job_metrics(runs(engine).metrics) == job_metrics(runs("direct").metrics)
+    assert "models:  detector loaded 1x, classifier loaded 1x" in runs(engine).summary
+
+
+def test_engine_spark_metrics_come_back_zero(runs):
+    # What the summary shows on Spark today (see SPARK_METRICS): counters named but 0, no
+    # distributions. Fails once collect_metrics reads attempted values: then drop this test
+    # and the xfail above, and update docs/engines.md.
+    metrics = runs("spark").metrics
+    assert metrics["images_read"] == 0 and metrics["regions_classified"] == 0
+    assert "regions_per_image.count" not in metrics
