@@ -104,14 +104,17 @@ def test_tile_grid_refuses_bad_tiles_and_overlaps(tile, overlap):
         tile_grid(100, 100, tile, overlap)
 
 
-def test_cut_by_tile_edge_only_edges_inside_the_image():
-    tile = np.array([0, 50, 64, 114])  # top and right... of a 64x200 image: left edge is inside
-    boxes = np.array([[0, 60, 10, 70],     # touches the image's top edge: not cut
-                      [20, 50, 30, 60],    # touches the tile's left edge (x=50): cut
-                      [20, 100, 30, 113],  # within 3 px of the right edge (114): cut
-                      [54, 70, 64, 80]],   # on the tile's bottom = the image's bottom: not cut
+def test_cut_by_tile_edge_only_edges_inside_the_image_within_the_margin():
+    tile = np.array([0, 50, 64, 114])  # in a 64x200 image: its left and right edges are inside
+    boxes = np.array([[0, 60, 10, 70],       # touches the image's top edge: not cut
+                      [20, 50, 30, 60],      # touches the tile's left edge (x=50): cut
+                      [20, 100, 30, 112.5],  # 1.5 px from the right edge, under 3% of 64: cut
+                      [20, 100, 30, 111],    # 3 px from it: not cut
+                      [54, 70, 64, 80]],     # on the tile's bottom = the image's bottom: not cut
                      np.float32)
-    assert cut_by_tile_edge(boxes, tile, 64, 200).tolist() == [False, True, True, False]
+    assert cut_by_tile_edge(boxes, tile, 64, 200).tolist() == [False, True, True, False, False]
+    assert cut_by_tile_edge(boxes, tile, 64, 200, margin=3).tolist() == [
+        False, True, True, True, False]
 
 
 # --- the seam merge -------------------------------------------------------------------------
