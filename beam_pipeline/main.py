@@ -33,6 +33,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from beam_pipeline.local_mode import choose_local_mode
     from beam_pipeline.options import DetectClassifyOptions, unknown_flags
     from beam_pipeline.pipeline import build_pipeline
     from beam_pipeline.runs import ErrorGateFailed, read_run_record
@@ -54,9 +55,16 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     FileSystems.set_options(options)
     config = validate(job)
     local = _is_local_direct(options)
+    running = ""
+    if local:
+        mode = choose_local_mode(argv, config.input)
+        running = f"DirectRunner, {mode.reason}"
+        if mode.flags:
+            options = PipelineOptions([*argv, *mode.flags])
     progress_folder = tempfile.mkdtemp(prefix="bdc-progress-") if local and job.progress \
         else None
-    config = dataclasses.replace(config, progress_folder=progress_folder)
+    record = {**config.record, "running": running} if running else config.record
+    config = dataclasses.replace(config, progress_folder=progress_folder, record=record)
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)

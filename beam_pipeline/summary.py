@@ -57,6 +57,8 @@ def format_summary(values: Mapping[str, float], record: Optional[Mapping[str, An
     detector = (record or {}).get("models", {}).get("detector", {}).get("signature", "")
     lines.append(f"choices: --min_score {config.min_score:g} (from {source})")
     lines.append(f"detector: {detector}")
+    if config.record.get("running"):
+        lines.append(f"running: {config.record['running']}")
     if config.record.get("skip_done_in", {}).get("patterns"):
         earlier = len(config.record["skip_done_in"]["complete_runs_with_this_fingerprint"])
         lines.append(f"skipping: {earlier} earlier complete runs with this fingerprint")
