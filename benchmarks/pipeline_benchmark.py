@@ -83,8 +83,9 @@ def run_row(row: str, n: int, assets: dict, out: str, cores: float, min_window: 
                "--output", output, "--detector_model", models["detector"],
                "--classifier_model", models["classifier"],
                "--classifier_labels", models["labels"], "--min_score", "0.5"]
-        if runner == "job2":
-            cmd += ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+        # Explicit both ways: without these flags the job picks its local mode itself.
+        cmd += (["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+                if runner == "job2" else ["--direct_running_mode=in_memory"])
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     load_before = load_average()
     run = measure(cmd, cwd=ROOT, env=env, progress=progress_log(models["detector"]))
