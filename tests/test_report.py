@@ -87,6 +87,19 @@ def scene(tmp_path):
     return output, paths, tmp_path
 
 
+def test_report_never_imports_the_graph_or_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, beam_pipeline.report.__main__, beam_pipeline.report.build; "
+            "print(sorted(m for m in sys.modules if m in ('beam_pipeline.pipeline', "
+            "'beam_pipeline.main', 'transforms.detection', 'transforms.classification', "
+            "'tensorflow', 'keras')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.strip() == "[]"
+
+
 def test_totals_count_images_errors_and_regions(scene):
     output, _, _ = scene
     images, detections = data.load_view([output], "images"), data.load_view([output],

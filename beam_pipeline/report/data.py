@@ -8,14 +8,13 @@ imports the Beam graph.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+
+from beam_pipeline import runs
 
 __all__ = [
     "Crop",
@@ -35,10 +34,8 @@ __all__ = [
     "totals",
 ]
 
-SUCCESS_MARKER = "_SUCCESS"
 # A region of a detector class the job does not classify has label "" and confidence NaN.
 NOT_CLASSIFIED = "(not classified)"
-RUN_RECORD = "run.json"
 CROP_COLUMNS = ("image_path", "roi_index", "box_ymin", "box_xmin", "box_ymax", "box_xmax",
                 "detector_label", "detector_class_id", "detector_score", "label", "confidence")
 
@@ -98,51 +95,15 @@ class LabelChange:
 
 
 def complete_outputs(patterns: Sequence[str]) -> list[str]:
-    """Output folders matching ``patterns`` that hold a finished run, oldest first."""
-    try:
-        from beam_pipeline import runs
-    except ImportError:  # before the run records: a finished run leaves _SUCCESS
-        runs = None
-    if runs is not None:
-        return [output for output, _ in runs.complete_outputs(patterns)]
-    found = set()
-    for pattern in patterns:
-        for path in sorted(glob.glob(pattern)) or [pattern]:
-            if os.path.isfile(os.path.join(path, SUCCESS_MARKER)):
-                found.add(path.rstrip("/"))
-    return sorted(found, key=lambda p: (os.path.getmtime(os.path.join(p, SUCCESS_MARKER)), p))
-
-
-def _read(output: str, table: str, columns: Sequence[str] | None) -> pa.Table:
-    dataset = ds.dataset(os.path.join(output, table), format="parquet")
-    names = dataset.schema.names
-    return dataset.to_table(columns=[c for c in columns if c in names] if columns else None)
+    """Output folders matching ``patterns`` whose run record says complete, oldest run first."""
+    return [output for output, _ in runs.complete_outputs(patterns)]
 
 
 def load_view(outputs: Sequence[str], table: str,
               columns: Sequence[str] | None = None) -> pa.Table:
-    """Rows of ``table`` ("detections" or "images") from the newest of ``outputs`` (oldest
-    first) that holds each image path, reading only ``columns``."""
-    if not outputs:
-        return pa.table({c: pa.array([], pa.string()) for c in columns or ["image_path"]})
-    try:
-        from beam_pipeline import runs
-    except ImportError:
-        runs = None
-    if runs is not None:
-        return runs.latest_view(list(outputs), table, columns)
-    parts = [_read(o, table, columns) for o in outputs]
-    if len(parts) == 1:
-        return parts[0]
-    owner: dict[str, int] = {}
-    for rank, output in enumerate(outputs):
-        for path in _read(output, "images", ["image_path"]).column(0).to_pylist():
-            owner[path] = rank
-    kept = []
-    for rank, part in enumerate(parts):
-        mine = [p for p, r in owner.items() if r == rank]
-        kept.append(part.filter(pc.is_in(part["image_path"], pa.array(mine, pa.string()))))
-    return pa.concat_tables(kept, promote_options="default")
+    """Rows of ``table`` ("detections" or "images") from the newest complete run among
+    ``outputs`` that holds each image path, reading only ``columns``."""
+    return runs.latest_view(list(outputs), table, columns)
 
 
 def _counts(column: pa.ChunkedArray, null_name: str = "(none)") -> dict[str, int]:
