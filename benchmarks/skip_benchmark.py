@@ -1,0 +1,277 @@
+"""Archive reruns with ``--skip_done_in``: wall time and peak RSS on the DirectRunner, in process.
+
+Usage::
+
+    .venv/bin/python -m benchmarks.skip_benchmark [--new 1000] [--done 100000 --done 1000000]
+        [--repeat 1] [--models free|bundled] [--out benchmarks/out/skip] [--json FILE]
+
+Every row is the job's own entry point (``beam_pipeline.main.run``) in a fresh process, its
+process tree sampled from /proc (``benchmarks._measure``):
+
+- ``seed``: the job over ``--new`` small generated JPEGs, nothing to skip; a real complete run
+  whose ``run.json`` gives the fingerprint;
+- ``rerun``: the same manifest with ``--skip_done_in`` the seed: every path is done, so no image
+  is read and no model runs (``images_read`` 0, ``DetectObjects.num_inferences`` absent or 0);
+- ``done N``: a synthetic earlier run (an ``images/`` table of N ``ok`` rows with the seed's
+  fingerprint and a complete ``run.json`` copied from the seed's) and a manifest of the
+  ``--new`` real paths followed by the N done paths, which are never files (skipped paths are
+  never read); the job must read exactly the ``--new`` images and skip N.
+
+Models: ``free`` (default) is ``benchmarks._assets``' free set, 160x120 JPEGs, a detector with
+4 fixed boxes and a one-conv 32x32 classifier, so that the new images cost little and the
+skipping itself is what is timed; ``bundled`` is ``models/`` on 640x480 wafer JPEGs.
+``--profile`` runs the largest ``done`` row once more under cProfile (CPU time) and prints the
+functions with the most cumulative time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+
+from benchmarks._measure import load_average, measure
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = "runs"  # under --out: the job outputs, replaced on every run
+
+
+def done_paths(out: str, count: int) -> list[str]:
+    """``count`` absolute image paths in a folder that does not exist (archive layout)."""
+    base = os.path.join(out, "archive_not_on_disk")
+    return [f"{base}/lot-{i // 1000:05d}/img-{i:08d}.jpg" for i in range(count)]
+
+
+def write_manifest(path: str, *groups: list[str]) -> str:
+    """One path a line, the groups in order (the first path is what validation looks at)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines("\n".join(paths) + "\n" for paths in groups)
+    return path
+
+
+def write_done_run(folder: str, seed_record: dict, paths: list[str]) -> str:
+    """A complete earlier run in ``folder``: ``images/`` with one ``ok`` row per path, carrying
+    the seed's fingerprint, then ``_SUCCESS`` and a ``run.json`` copied from the seed's.
+
+    Its ``run_id`` sorts before the seed's; it has no ``detections/`` table (skipping reads
+    only ``images/``). Returns the folder.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from beam_pipeline.runs import new_run_id, write_run_record
+    from transforms.records import IMAGES_SCHEMA, STATUS_OK
+    from transforms.writing import write_success_marker
+
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(os.path.join(folder, "images"))
+    run_id = new_run_id(datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC))
+    n = len(paths)
+    table = pa.table({
+        "image_path": pa.array(paths, pa.string()),
+        "width": pa.array([160] * n, pa.int32()),
+        "height": pa.array([120] * n, pa.int32()),
+        "status": pa.array([STATUS_OK] * n, pa.string()),
+        "error_stage": pa.nulls(n, pa.string()),
+        "error": pa.nulls(n, pa.string()),
+        "num_detections": pa.array([4] * n, pa.int32()),
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "fingerprint": pa.array([seed_record["fingerprint"]] * n, pa.string()),
+    }, schema=IMAGES_SCHEMA)
+    pq.write_table(table, os.path.join(folder, "images", "images-00000-of-00001.parquet"),
+                   compression="zstd")
+    counts = dict(seed_record["counts"], images_read=n, images_ok=n, images_skipped=0,
+                  regions_kept=4 * n, regions_written=4 * n, regions_classified=4 * n)
+    write_success_marker(folder)
+    write_run_record(folder, {**seed_record, "run_id": run_id, "counts": counts,
+                              "synthetic": "benchmarks.skip_benchmark"})
+    return folder
+
+
+def build_assets(out: str, new: int, models: str) -> dict:
+    """The ``new`` images and the models: ``{"images": [...], "job": [model flags]}``."""
+    if models == "free":
+        env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+        built = measure([sys.executable, "-m", "benchmarks._assets", "--out", out,
+                         "--free_sizes", str(new)], cwd=ROOT, env=env, progress=None).info
+        free = built["free"]
+        with open(free["manifests"][str(new)]) as handle:
+            images = handle.read().split()
+        return {"images": images, "job": [
+            "--detector_model", free["detector"], "--classifier_model", free["classifier"],
+            "--classifier_labels", free["labels"], "--min_score", "0.5"]}
+    from benchmarks._assets import REAL_SIZE, build_images
+
+    bundled = os.path.join(ROOT, "models")
+    return {"images": build_images(out, new, REAL_SIZE), "job": [
+        "--detector_model", os.path.join(bundled, "detector", "saved_model"),
+        "--classifier_model", os.path.join(bundled, "classifier", "classifier.keras"),
+        "--classifier_labels", os.path.join(bundled, "classifier", "labels.txt")]}
+
+
+def run_job(argv: list[str], output: str, *, profile: str | None = None) -> dict:
+    """The job in a fresh process: wall s, peak RSS of its tree, load, metrics and record."""
+    shutil.rmtree(output, ignore_errors=True)
+    cmd = [sys.executable, "-m", "benchmarks.skip_benchmark", "--job",
+           *(["--profile_to", profile] if profile else []), "--", *argv, "--output", output]
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    load_before = load_average()
+    run = measure(cmd, cwd=ROOT, env=env, progress=None)
+    with open(os.path.join(output, "run.json")) as handle:
+        record = json.load(handle)
+    return {"wall_s": run.end - run.start, "cpu_s": run.cpu, "rss_mb": run.peak_rss / 2**20,
+            "load": (load_before, load_average()), "metrics": run.info.get("metrics", {}),
+            "record": record}
+
+
+def check(figures: dict, output: str, *, read: int, skipped: int) -> None:
+    """Raises unless the run read ``read`` images, skipped ``skipped`` and wrote ``read`` rows."""
+    import pyarrow.parquet as pq
+
+    counts, metrics = figures["record"]["counts"], figures["metrics"]
+    rows = 0
+    if os.path.isdir(os.path.join(output, "images")):
+        rows = pq.read_table(os.path.join(output, "images"), columns=["image_path"]).num_rows
+    inferences = metrics.get("DetectObjects.num_inferences", 0)
+    found = {"record images_read": counts["images_read"], "images rows": rows,
+             "record images_skipped": counts["images_skipped"],
+             "metric images_skipped": metrics.get("images_skipped", 0),
+             "metric images_read": metrics.get("images_read", 0),
+             "metric DetectObjects.num_inferences": inferences}
+    wanted = {"record images_read": read, "images rows": read, "record images_skipped": skipped,
+              "metric images_skipped": skipped, "metric images_read": read,
+              "metric DetectObjects.num_inferences": read}
+    wrong = {k: (v, wanted[k]) for k, v in found.items() if v != wanted[k]}
+    if wrong or figures["record"]["status"] != "complete":
+        raise RuntimeError(f"{output}: (found, expected) {wrong}, status "
+                           f"{figures['record']['status']}")
+    figures["checked"] = found
+
+
+def _line(name: str, listed: int, f: dict) -> str:
+    load = f"{f['load'][0]:.1f}-{f['load'][1]:.1f}"
+    c = f["checked"]
+    return (f"{name:<14} {listed:>9} {c['record images_read']:>6} "
+            f"{c['record images_skipped']:>9} {c['metric DetectObjects.num_inferences']:>10} "
+            f"{f['wall_s']:>7.1f} {f['cpu_s']:>7.1f} {f['rss_mb']:>7.0f} {load:>9}")
+
+
+HEADER = (f"{'row':<14} {'listed':>9} {'read':>6} {'skipped':>9} "
+          f"{'inferences':>10} {'wall s':>7} {'CPU s':>7} {'RSS MB':>7} {'load':>9}")
+
+
+def _profile_summary(path: str, count: int = 25) -> None:
+    import pstats
+
+    pstats.Stats(path).sort_stats("cumulative").print_stats(count)
+    pstats.Stats(path).sort_stats("tottime").print_stats(count)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new", type=int, default=1000, help="real new images per run")
+    parser.add_argument("--done", type=int, action="append",
+                        help="done paths of the synthetic earlier run (repeatable; default "
+                             "100000)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per row")
+    parser.add_argument("--models", choices=("free", "bundled"), default="free")
+    parser.add_argument("--rows", default="seed,rerun,done",
+                        help="rows to run; without 'seed' the seed run already in --out is used")
+    parser.add_argument("--direct_running_mode", default="in_memory",
+                        choices=("in_memory", "multi_threading", "multi_processing"),
+                        help="the job's DirectRunner mode (it picks multi_processing itself "
+                             "on 1000+ inputs when not told)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the largest done row once (cProfile, CPU time)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out", "skip"))
+    parser.add_argument("--json", help="also write every run's figures to this file")
+    args = parser.parse_args(argv)
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.join(out, RUNS), exist_ok=True)
+    assets = build_assets(out, args.new, args.models)
+    assets["job"].append(f"--direct_running_mode={args.direct_running_mode}")
+    rows = args.rows.split(",")
+    new = assets["images"][:args.new]
+    runs = os.path.join(out, RUNS)
+    manifest = write_manifest(os.path.join(out, f"manifest_new_{args.new}.txt"), new)
+    print(f"{os.cpu_count()} CPUs; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+          f"{args.models} models, {args.new} new images; DirectRunner "
+          f"{args.direct_running_mode}", flush=True)
+    lines, every = [HEADER, "-" * len(HEADER)], {}
+
+    def row(name: str, job: list[str], output: str, *, read: int, skipped: int) -> None:
+        for _ in range(max(args.repeat, 1)):
+            figures = run_job(assets["job"] + job, output)
+            check(figures, output, read=read, skipped=skipped)
+            every.setdefault(name, []).append(figures)
+            lines.append(_line(name, read + skipped, figures))
+            print(f"  {lines[-1]}", flush=True)
+
+    seed_out = os.path.join(runs, "seed")
+    if "seed" in rows:
+        row("seed", ["--input", manifest], seed_out, read=args.new, skipped=0)
+    with open(os.path.join(seed_out, "run.json")) as handle:
+        seed_record = json.load(handle)
+    if "rerun" in rows:
+        row("rerun", ["--input", manifest, "--skip_done_in", seed_out],
+            os.path.join(runs, "rerun"), read=0, skipped=args.new)
+    for count in sorted(args.done or [100000]) if "done" in rows else ():
+        done_folder = write_done_run(os.path.join(out, f"done_{count}"), seed_record,
+                                     done_paths(out, count))
+        listing = write_manifest(os.path.join(out, f"manifest_{args.new}_{count}.txt"), new,
+                                 done_paths(out, count))
+        job = ["--input", listing, "--skip_done_in", done_folder]
+        row(f"done {count}", job, os.path.join(runs, f"done_{count}"), read=args.new,
+            skipped=count)
+    print()
+    print("\n".join(lines))
+    print("listed: manifest lines; read/skipped: run.json counts; inferences: metric "
+          "DetectObjects.num_inferences; wall s: the job process from start to exit (imports, "
+          "checks and model loads included); CPU s and RSS MB: its process tree, RSS at its "
+          "peak; load: 1-min load average before-after")
+    if args.profile:
+        count = max(args.done or [100000])
+        profile = os.path.join(out, f"done_{count}.prof")
+        done_folder = os.path.join(out, f"done_{count}")
+        run_job(assets["job"] + ["--input", os.path.join(out, f"manifest_{args.new}_{count}.txt"),
+                                 "--skip_done_in", done_folder],
+                os.path.join(runs, f"profile_{count}"), profile=profile)
+        _profile_summary(profile)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(every, handle, indent=1, default=str)
+
+
+def job(argv: list[str]) -> None:
+    """Child process: the job's own ``run(argv)``; prints its metrics as one JSON line."""
+    profile = None
+    if argv[:1] == ["--profile_to"]:
+        profile, argv = argv[1], argv[2:]
+    argv = argv[1:] if argv[:1] == ["--"] else argv
+    from beam_pipeline.quiet import quiet_startup
+
+    with quiet_startup(enabled=True):
+        from beam_pipeline.main import run
+
+        if profile:
+            import cProfile
+            import time
+
+            profiler = cProfile.Profile(time.process_time)
+            try:
+                values = profiler.runcall(run, argv)
+            finally:
+                profiler.dump_stats(profile)
+        else:
+            values = run(argv)
+    print(json.dumps({"metrics": values}), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--job"]:
+        job(sys.argv[2:])
+    else:
+        main()
