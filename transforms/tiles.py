@@ -20,7 +20,6 @@ from transforms.records import Detections
 __all__ = [
     "FULL_IMAGE_GROUP",
     "TilingConfig",
-    "cut_by_tile_edge",
     "detect_tiled",
     "merge_detections",
     "overlap_pixels",
@@ -28,10 +27,6 @@ __all__ = [
 ]
 
 MAX_OVERLAP = 0.5
-# A box edge this close to a tile edge inside the image, as a fraction of the tile's side,
-# counts as cut by it: detectors end the box of a cut object short of the edge (the bundled
-# one by up to ~12 px on 512-pixel tiles, measured by benchmarks/tiling_benchmark.py).
-EDGE_MARGIN = 0.03
 # Group of the detections of the whole-image call (``TilingConfig.full_image``).
 FULL_IMAGE_GROUP = -1
 
@@ -108,25 +103,6 @@ def tile_grid(height: int, width: int, tile_size: int, overlap: float) -> np.nda
     return np.stack([top, left, top + tile_h, left + tile_w], axis=1)
 
 
-def cut_by_tile_edge(boxes_px: np.ndarray, tile: np.ndarray, height: int, width: int, *,
-                     margin: float | None = None) -> np.ndarray:
-    """Which whole-image pixel boxes of one tile reach an edge of that tile that lies inside
-    the image: the detector saw only part of such an object.
-
-    ``margin``: how close counts as reaching, in pixels; default ``EDGE_MARGIN`` times the
-    tile's shorter side.
-    """
-    boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
-    top, left, bottom, right = (float(v) for v in tile)
-    if margin is None:
-        margin = EDGE_MARGIN * min(bottom - top, right - left)
-    with np.errstate(invalid="ignore"):
-        return (((boxes[:, 0] <= top + margin) & (top > 0))
-                | ((boxes[:, 1] <= left + margin) & (left > 0))
-                | ((boxes[:, 2] >= bottom - margin) & (bottom < height))
-                | ((boxes[:, 3] >= right - margin) & (right < width)))
-
-
 def _areas(boxes: np.ndarray) -> np.ndarray:
     return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
 
@@ -155,41 +131,51 @@ def _candidate_pairs(boxes: np.ndarray, groups: np.ndarray | None) -> list[tuple
             for a, b in zip(*np.nonzero(touching))]
 
 
+def _inside(boxes: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """``[len(boxes), len(regions)]``: box i lies within region j."""
+    return ((boxes[:, None, 0] >= regions[None, :, 0]) & (boxes[:, None, 1] >= regions[None, :, 1])
+            & (boxes[:, None, 2] <= regions[None, :, 2])
+            & (boxes[:, None, 3] <= regions[None, :, 3]))
+
+
 def _matches(boxes: np.ndarray, classes: np.ndarray, groups: np.ndarray | None,
-             cut: np.ndarray, finite: np.ndarray, threshold: float) -> set[tuple[int, int]]:
-    """Index pairs ``(i, j)`` and ``(j, i)``, ``i != j``, that are one object (see
-    ``merge_detections``)."""
+             regions: np.ndarray, finite: np.ndarray, threshold: float) -> dict[int, list[int]]:
+    """For each box, the boxes that are the same object (see ``merge_detections``)."""
     areas = _areas(boxes)
-    pairs: set[tuple[int, int]] = set()
+    partners: dict[int, list[int]] = {}
     for rows, cols in _candidate_pairs(boxes, groups):
         inter = intersection_areas(boxes[rows], boxes[cols])
         a, b = areas[rows][:, None], areas[cols][None, :]
         with np.errstate(invalid="ignore", divide="ignore"):
             iou = inter / (a + b - inter)
             ios = inter / np.minimum(a, b)
-        cut_a, cut_b = cut[rows][:, None], cut[cols][None, :]
-        smaller_cut = np.where(a < b, cut_a, np.where(b < a, cut_b, cut_a | cut_b))
-        same = (iou >= threshold) | ((ios >= threshold) & smaller_cut)
+        # The smaller box may be a partial view of the larger one only if its detector did
+        # not see all of the larger box; else that detector saw both and called them two.
+        partial_row = (a <= b) & ~_inside(boxes[cols], regions[rows]).T
+        partial_col = (b <= a) & ~_inside(boxes[rows], regions[cols])
+        same = (iou >= threshold) | ((ios >= threshold) & (partial_row | partial_col))
         same &= (inter > 0) & (classes[rows][:, None] == classes[cols][None, :])
         same &= finite[rows][:, None] & finite[cols][None, :]
-        i, j = np.nonzero(same)
-        pairs.update((int(r), int(c)) for r, c in zip(rows[i], cols[j]) if r != c)
-    return pairs | {(j, i) for i, j in pairs}
+        for r, c in zip(*np.nonzero(same)):
+            i, j = int(rows[r]), int(cols[c])
+            if i != j:
+                partners.setdefault(i, []).append(j)
+                partners.setdefault(j, []).append(i)
+    return partners
 
 
 def merge_detections(boxes_px: np.ndarray, scores: np.ndarray, classes: np.ndarray, *,
                      match_threshold: float = 0.5, groups: np.ndarray | None = None,
-                     cut: np.ndarray | None = None
+                     regions: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merges the boxes that tile seams duplicated or cut into one box per object.
 
     Two boxes of the same class match when their IoU reaches ``match_threshold``, or when
-    their intersection over the smaller box's area reaches it and the smaller box is ``cut``
-    (a box cut by a tile edge lies inside its whole counterpart, so its IoU with it can be
-    low; an uncut small box inside a large one is another object). Then, best score first,
-    each uncut box takes the boxes that match it and stays as it is: a tile saw that object
-    whole. Cut boxes left over are parts of an object larger than the overlap: each connected
-    set of them becomes their union. A merged box keeps the best score of its members.
+    their intersection over the smaller box's area reaches it and the smaller box's detector
+    did not see all of the larger box (a box cut by a tile edge lies inside its whole
+    counterpart, so its IoU with it can be low; a small box whose tile holds all of a large
+    one is another object, as a particle on a stain). Boxes that match, directly or through
+    each other, become one: their union, with the best score among them.
 
     Args:
         boxes_px: ``[N, 4]`` ``ymin, xmin, ymax, xmax`` in the whole image's pixels.
@@ -198,8 +184,9 @@ def merge_detections(boxes_px: np.ndarray, scores: np.ndarray, classes: np.ndarr
         match_threshold: the IoU / intersection over the smaller box that makes a match.
         groups: ``[N]`` tile of each box; boxes of one group never match (the detector already
             suppressed its own duplicates). None: any two boxes may match.
-        cut: ``[N]`` bool, the box touches an edge of its tile inside the image. None: every
-            box may be cut (plain intersection over the smaller box, as SAHI matches).
+        regions: ``[N, 4]`` the pixels (top, left, bottom, right) the detector saw when it gave
+            each box: its tile. None: unknown, any smaller box may be a partial view (plain
+            intersection over the smaller box, as SAHI matches).
 
     Returns:
         ``(boxes_px float32 [M, 4], scores float32 [M], classes int32 [M])``, best score
@@ -210,34 +197,26 @@ def merge_detections(boxes_px: np.ndarray, scores: np.ndarray, classes: np.ndarr
     classes = np.asarray(classes).reshape(-1).astype(np.int32)
     count = len(boxes)
     groups = None if groups is None else np.asarray(groups).reshape(-1)
-    cut = np.ones(count, bool) if cut is None else np.asarray(cut, bool).reshape(-1)
-    if not len(scores) == len(classes) == len(cut) == count or (
+    regions = (np.full((count, 4), np.nan) if regions is None
+               else np.asarray(regions, dtype=np.float64).reshape(-1, 4))
+    if not len(scores) == len(classes) == len(regions) == count or (
             groups is not None and len(groups) != count):
-        raise ValueError("boxes, scores, classes, groups and cut must have one entry per box")
+        raise ValueError("boxes, scores, classes, groups and regions need one entry per box")
     finite = np.isfinite(scores) & np.all(np.isfinite(boxes), axis=1)
-    partners: dict[int, list[int]] = {}
-    for i, j in _matches(boxes, classes, groups, cut, finite, match_threshold):
-        partners.setdefault(i, []).append(j)
-    order = np.argsort(-np.where(np.isnan(scores), -np.inf, scores), kind="stable")
-    absorbed = np.zeros(count, bool)
+    partners = _matches(boxes, classes, groups, regions, finite, match_threshold)
     merged, merged_scores = boxes.copy(), scores.copy()
-    for i in order[~cut[order]]:  # a tile saw the object whole: that box is the answer
-        if not absorbed[i] and i in partners:
-            members = [j for j in partners[i] if not absorbed[j]]
-            absorbed[members] = True
-            merged_scores[i] = scores[[i, *members]].max()
-    for i in order[cut[order]]:  # parts of an object no tile saw whole
-        if absorbed[i] or i not in partners:
+    absorbed = np.zeros(count, bool)
+    for i in sorted(partners):
+        if absorbed[i]:
             continue
         component, frontier = {i}, [i]
         while frontier:
             for j in partners[frontier.pop()]:
-                if j not in component and not absorbed[j]:
+                if j not in component:
                     component.add(j)
                     frontier.append(j)
         members = sorted(component)
-        absorbed[members] = True
-        absorbed[i] = False
+        absorbed[members[1:]] = True
         merged[i] = [*boxes[members, :2].min(axis=0), *boxes[members, 2:].max(axis=0)]
         merged_scores[i] = scores[members].max()
     keep = np.flatnonzero(~absorbed)
@@ -284,7 +263,7 @@ def detect_tiled(model: Detector, image: np.ndarray, config: TilingConfig) -> De
         found.extend(model.detect([image]))
         regions.append(np.array([0, 0, height, width]))
         groups.append(FULL_IMAGE_GROUP)
-    boxes, scores, classes, box_groups, cut = [], [], [], [], []
+    boxes, scores, classes, box_groups, box_regions = [], [], [], [], []
     for region, group, tile_found in zip(regions, groups, found):
         if tile_found.error is not None:
             where = "the whole image" if group == FULL_IMAGE_GROUP else (
@@ -297,9 +276,9 @@ def detect_tiled(model: Detector, image: np.ndarray, config: TilingConfig) -> De
         scores.append(tile_found.scores)
         classes.append(tile_found.classes)
         box_groups.append(np.full(len(pixels), group))
-        cut.append(cut_by_tile_edge(pixels, region, height, width))
+        box_regions.append(np.broadcast_to(region, (len(pixels), 4)))
     merged, merged_scores, merged_classes = merge_detections(
         np.concatenate(boxes), np.concatenate(scores), np.concatenate(classes),
-        groups=np.concatenate(box_groups), cut=np.concatenate(cut))
+        groups=np.concatenate(box_groups), regions=np.concatenate(box_regions))
     scale = np.array([height, width, height, width], np.float32)
     return Detections(merged / scale, merged_scores, merged_classes)
