@@ -12,6 +12,12 @@ from transforms.records import METRICS_NAMESPACE
 __all__ = ["collect_metrics", "format_summary"]
 
 
+def _value(metric):
+    """The committed value, else the attempted one: Beam's Spark job server reports only
+    attempted values (committed is empty), as do runners without committed metrics."""
+    return metric.committed if metric.committed is not None else metric.attempted
+
+
 def collect_metrics(result) -> dict[str, float]:
     """Committed counters by name, and for distributions ``<name>.count`` / ``<name>.sum``;
     RunInference's metrics are prefixed with their step (``DetectObjects.num_inferences``)."""
@@ -28,12 +34,13 @@ def collect_metrics(result) -> dict[str, float]:
 
     for metric in queried.get("counters", []):
         name = name_of(metric)
-        values[name] = values.get(name, 0) + (metric.committed or 0)
+        values[name] = values.get(name, 0) + (_value(metric) or 0)
     for metric in queried.get("distributions", []):
         name = name_of(metric)
-        if metric.committed is not None:
-            values[name + ".count"] = values.get(name + ".count", 0) + metric.committed.count
-            values[name + ".sum"] = values.get(name + ".sum", 0) + metric.committed.sum
+        value = _value(metric)
+        if value is not None:
+            values[name + ".count"] = values.get(name + ".count", 0) + value.count
+            values[name + ".sum"] = values.get(name + ".sum", 0) + value.sum
     return values
 
 
