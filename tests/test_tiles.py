@@ -119,13 +119,21 @@ def test_merge_detections_cut_box_joins_its_whole_counterpart():
     assert classes.tolist() == [1]
 
 
-def test_merge_detections_whole_duplicates_in_an_overlap_become_their_union():
+def test_merge_detections_whole_duplicates_in_an_overlap_become_the_best_one():
     boxes, scores, _ = merge_detections(
         np.array([[10, 54, 20, 60], [10.5, 54, 20.5, 60.5], [10, 53.5, 20, 60]]),
         [0.5, 0.8, 0.7], [2, 2, 2], groups=[0, 1, 2],
         regions=[LEFT_TILE, RIGHT_TILE, [0, 40, 64, 104]])
-    assert boxes.tolist() == [[10, 53.5, 20.5, 60.5]]
+    assert boxes.tolist() == [[10.5, 54, 20.5, 60.5]]
     assert scores.tolist() == pytest.approx([0.8])
+
+
+def test_merge_detections_whole_view_wins_over_a_better_scored_cut_part():
+    whole, part = [10, 50, 20, 70], [10, 50, 20, 64]
+    boxes, scores, _ = merge_detections(np.array([whole, part]), [0.5, 0.9], [1, 1],
+                                        groups=[1, 0], regions=[RIGHT_TILE, LEFT_TILE])
+    assert boxes.tolist() == [whole]
+    assert scores.tolist() == pytest.approx([0.9])
 
 
 def test_merge_detections_small_box_from_a_tile_that_saw_the_large_one_stays():

@@ -175,7 +175,9 @@ def merge_detections(boxes_px: np.ndarray, scores: np.ndarray, classes: np.ndarr
     did not see all of the larger box (a box cut by a tile edge lies inside its whole
     counterpart, so its IoU with it can be low; a small box whose tile holds all of a large
     one is another object, as a particle on a stain). Boxes that match, directly or through
-    each other, become one: their union, with the best score among them.
+    each other, become one box with the best score among them: the best-scored member whose
+    tile held all of them (a tile saw the object whole), else their union (the object spans
+    tiles; always the union when ``regions`` is None).
 
     Args:
         boxes_px: ``[N, 4]`` ``ymin, xmin, ymax, xmax`` in the whole image's pixels.
@@ -215,9 +217,12 @@ def merge_detections(boxes_px: np.ndarray, scores: np.ndarray, classes: np.ndarr
                 if j not in component:
                     component.add(j)
                     frontier.append(j)
-        members = sorted(component)
+        members = np.array(sorted(component))
         absorbed[members[1:]] = True
-        merged[i] = [*boxes[members, :2].min(axis=0), *boxes[members, 2:].max(axis=0)]
+        union = np.array([*boxes[members, :2].min(axis=0), *boxes[members, 2:].max(axis=0)])
+        # A member whose tile held the whole object saw it whole: its box is the answer.
+        whole = members[_inside(union[np.newaxis], regions[members])[0]]
+        merged[i] = boxes[whole[np.argmax(scores[whole])]] if len(whole) else union
         merged_scores[i] = scores[members].max()
     keep = np.flatnonzero(~absorbed)
     best = merged_scores[keep]
