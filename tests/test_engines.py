@@ -39,10 +39,6 @@ ENGINES = {
         "--environment_type=LOOPBACK"]),
 }
 
-# Beam's Spark job server reports only attempted metric values (committed is None), and
-# beam_pipeline.summary.collect_metrics reads committed ones: every job counter comes back 0.
-SPARK_METRICS = ("Spark's job server reports attempted metrics only; collect_metrics reads "
-                 "committed values (docs/engines.md)")
 
 
 def fetch_engine(engine: str) -> str:
@@ -126,18 +122,8 @@ def test_engine_gives_the_direct_runners_rows(engine, runs, models_dir, image_di
     assert "images:  4 read" in result.summary
 
 
-@pytest.mark.parametrize("engine", [
-    "prism", "flink", pytest.param("spark", marks=pytest.mark.xfail(strict=True,
-                                                                    reason=SPARK_METRICS))])
+@pytest.mark.parametrize("engine", ["prism", "flink", "spark"])
 def test_engine_reports_the_direct_runners_metrics(engine, runs):
+    # Spark's job server reports attempted values only; the summary falls back to them.
     assert job_metrics(runs(engine).metrics) == job_metrics(runs("direct").metrics)
     assert "models:  detector loaded 1x, classifier loaded 1x" in runs(engine).summary
-
-
-def test_engine_spark_metrics_come_back_zero(runs):
-    # What the summary shows on Spark today (see SPARK_METRICS): counters named but 0, no
-    # distributions. Fails once collect_metrics reads attempted values: then drop this test
-    # and the xfail above, and update docs/engines.md.
-    metrics = runs("spark").metrics
-    assert metrics["images_read"] == 0 and metrics["regions_classified"] == 0
-    assert "regions_per_image.count" not in metrics
