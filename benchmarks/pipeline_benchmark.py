@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(run_row(row, n, built, args.out, cores, args.min_window))
             r = runs[-1]
             print(f"  {ROWS[row][0]}: {n} images in {r['total_s']:.1f} s, "
-                  f"{_fmt(r.get('images_s'))} images/s, {_fmt(r.get('cores_busy'), '.2f')} "
+                  f"{_fmt(r.get('images_s'))} images/s, {_fmt(r.get('cpu_ms'))} CPU ms/img, "
+                  f"{_fmt(r.get('cores_busy'), '.2f')} "
                   f"cores busy, load {r['load'][0]:.2f} -> {r['load'][1]:.2f}"
                   + (f" ({r['reason']})" if r["reason"] else ""), flush=True)
         results[row] = dict(summarize(runs), images=n)
