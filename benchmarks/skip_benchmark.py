@@ -27,7 +27,9 @@ functions with the most cumulative time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import io
 import json
 import os
 import shutil
@@ -124,6 +126,7 @@ def run_job(argv: list[str], output: str, *, profile: str | None = None) -> dict
         record = json.load(handle)
     return {"wall_s": run.end - run.start, "cpu_s": run.cpu, "rss_mb": run.peak_rss / 2**20,
             "load": (load_before, load_average()), "metrics": run.info.get("metrics", {}),
+            "summary_time": run.info.get("time"),
             "record": record}
 
 
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
             check(figures, output, read=read, skipped=skipped)
             every.setdefault(name, []).append(figures)
             lines.append(_line(name, read + skipped, figures))
-            print(f"  {lines[-1]}", flush=True)
+            print(f"  {lines[-1]}\n    job's own {figures['summary_time']}", flush=True)
 
     seed_out = os.path.join(runs, "seed")
     if "seed" in rows:
@@ -256,18 +259,22 @@ def job(argv: list[str]) -> None:
     with quiet_startup(enabled=True):
         from beam_pipeline.main import run
 
-        if profile:
-            import cProfile
-            import time
+        summary = io.StringIO()
+        with contextlib.redirect_stdout(summary):
+            if profile:
+                import cProfile
+                import time
 
-            profiler = cProfile.Profile(time.process_time)
-            try:
-                values = profiler.runcall(run, argv)
-            finally:
-                profiler.dump_stats(profile)
-        else:
-            values = run(argv)
-    print(json.dumps({"metrics": values}), flush=True)
+                profiler = cProfile.Profile(time.process_time)
+                try:
+                    values = profiler.runcall(run, argv)
+                finally:
+                    profiler.dump_stats(profile)
+            else:
+                values = run(argv)
+    print(summary.getvalue(), end="")
+    times = [line for line in summary.getvalue().splitlines() if line.startswith("time:")]
+    print(json.dumps({"metrics": values, "time": times[0] if times else None}), flush=True)
 
 
 if __name__ == "__main__":
