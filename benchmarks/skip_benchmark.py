@@ -33,6 +33,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import sys
 
 from benchmarks._measure import load_average, measure
@@ -166,6 +167,43 @@ HEADER = (f"{'row':<14} {'listed':>9} {'read':>6} {'skipped':>9} "
           f"{'inferences':>10} {'wall s':>7} {'CPU s':>7} {'RSS MB':>7} {'load':>9}")
 
 
+def _spread(values: list[float], spec: str) -> str:
+    return (f"{format(statistics.median(values), spec)} "
+            f"[{format(min(values), spec)}-{format(max(values), spec)}]")
+
+
+def summary_lines(every: dict[str, list[dict]]) -> list[str]:
+    """Per row: runs, median [min-max] of wall s and CPU s, peak RSS (largest run), load range;
+    then what each done path adds, from the smallest to the largest ``done`` row."""
+    head = (f"{'row':<14} {'listed':>9} {'runs':>4} {'wall s':>20} {'CPU s':>20} {'RSS MB':>7} "
+            f"{'load':>9}")
+    lines = [head, "-" * len(head)]
+    for name, runs in every.items():
+        checked = runs[0]["checked"]
+        listed = checked["record images_read"] + checked["record images_skipped"]
+        load = (f"{min(r['load'][0] for r in runs):.1f}-"
+                f"{max(r['load'][1] for r in runs):.1f}")
+        lines.append(f"{name:<14} {listed:>9} {len(runs):>4} "
+                     f"{_spread([r['wall_s'] for r in runs], '.1f'):>20} "
+                     f"{_spread([r['cpu_s'] for r in runs], '.1f'):>20} "
+                     f"{max(r['rss_mb'] for r in runs):>7.0f} {load:>9}")
+    done = sorted((runs[0]["checked"]["record images_skipped"], runs)
+                  for name, runs in every.items() if name.startswith("done "))
+    if len(done) >= 2 and done[-1][0] > done[0][0]:
+        (low, low_runs), (high, high_runs) = done[0], done[-1]
+
+        def added(key: str) -> float:
+            return (statistics.median(r[key] for r in high_runs)
+                    - statistics.median(r[key] for r in low_runs)) / (high - low)
+
+        rss = (max(r["rss_mb"] for r in high_runs)
+               - max(r["rss_mb"] for r in low_runs)) * 2**20 / (high - low)
+        lines.append(f"each done path from {low} to {high} adds {added('wall_s') * 1e3:.3f} ms "
+                     f"wall, {added('cpu_s') * 1e3:.3f} ms CPU, {rss:.0f} bytes of peak RSS "
+                     "(medians; RSS: largest run)")
+    return lines
+
+
 def _profile_summary(path: str, count: int = 25) -> None:
     import pstats
 
@@ -191,7 +229,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="also profile the largest done row once (cProfile, CPU time)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out", "skip"))
     parser.add_argument("--json", help="also write every run's figures to this file")
+    parser.add_argument("--report", nargs="+", metavar="JSON",
+                        help="run nothing: print the summary of earlier --json files")
     args = parser.parse_args(argv)
+    if args.report:
+        every: dict[str, list[dict]] = {}
+        for path in args.report:
+            with open(path) as handle:
+                for name, runs in json.load(handle).items():
+                    every.setdefault(name, []).extend(runs)
+        print("\n".join(summary_lines(every)))
+        return
     out = os.path.abspath(args.out)
     os.makedirs(os.path.join(out, RUNS), exist_ok=True)
     assets = build_assets(out, args.new, args.models)
@@ -235,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
           "DetectObjects.num_inferences; wall s: the job process from start to exit (imports, "
           "checks and model loads included); CPU s and RSS MB: its process tree, RSS at its "
           "peak; load: 1-min load average before-after")
+    print()
+    print("\n".join(summary_lines(every)))
     if args.profile:
         count = max(args.done or [100000])
         profile = os.path.join(out, f"done_{count}.prof")
