@@ -114,21 +114,25 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
             config.classifier_model, preprocess_mode=config.classifier_preprocess,
             batch_size=config.classifier_batch_size, safe_mode=config.safe_mode,
             model_copies=config.model_copies)).with_exception_handling()
-    not_asked = regions[UNCLASSIFIED_TAG] | "SkipClassifier" >> beam.Map(
-        lambda region: PredictionResult(region, None))
-    rows = ((classified, not_asked)
-            | "AllRegions" >> beam.Flatten()
-            | "ToDetectionRows" >> beam.ParDo(ToDetectionRowsFn(
-                labels=list(config.classifier_labels), detector_labels=config.detector_labels,
-                detector_model=config.detector_model, classifier_model=config.classifier_model,
-                run_id=config.run_id, fingerprint=config.fingerprint,
-            )).with_outputs(CLASSIFY_FAILED_TAG, main="rows"))
+    to_rows = ToDetectionRowsFn(
+        labels=list(config.classifier_labels), detector_labels=config.detector_labels,
+        detector_model=config.detector_model, classifier_model=config.classifier_model,
+        run_id=config.run_id, fingerprint=config.fingerprint)
+    rows = classified | "ToDetectionRows" >> beam.ParDo(to_rows).with_outputs(
+        CLASSIFY_FAILED_TAG, main="rows")
+    detection_rows = rows.rows
+    if config.classify_detector_classes is not None:
+        # Only when asked: the Flatten is a stage boundary, and row dicts are cheap to cross it.
+        not_asked = (regions[UNCLASSIFIED_TAG]
+                     | "SkipClassifier" >> beam.Map(lambda region: PredictionResult(region, None))
+                     | "UnclassifiedRows" >> beam.ParDo(to_rows))
+        detection_rows = (detection_rows, not_asked) | "AllRegions" >> beam.Flatten()
     classify_failed = (
         (rows[CLASSIFY_FAILED_TAG],
          dead_letters.failed_inferences | "FailedBatches" >> beam.FlatMap(
              _failed_batch_to_errors))
         | "ClassifyFailures" >> beam.Flatten())
-    detection_files = rows.rows | "WriteDetections" >> WriteParquetTable(
+    detection_files = detection_rows | "WriteDetections" >> WriteParquetTable(
         config.output, "detections", num_shards=config.num_shards)
     image_rows = ((detected_rows, classify_failed)
                   | "AccountImages" >> AccountImages([failed_rows])
@@ -141,7 +145,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
     # The run's counts, from the rows themselves (every runner can do this; not all report
     # metrics to the launcher).
     image_counts = image_rows | "CountImages" >> beam.CombineGlobally(CountImageRows())
-    detection_counts = rows.rows | "CountRegions" >> beam.CombineGlobally(CountDetectionRows())
+    detection_counts = detection_rows | "CountRegions" >> beam.CombineGlobally(CountDetectionRows())
     # The sinks emit their final file names only after renaming them, so this runs last, on
     # the workers: the record is right whether or not the launcher waits for the job.
     _ = ((detection_files, image_files)
