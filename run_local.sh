@@ -18,7 +18,8 @@ setup_venv() {
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -r requirements-test.lock
-  "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
+  # (setuptools warns about same-named folders in the working tree: they are the packages.)
+  PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
   echo "$want" > "$STAMP"
 }
 
