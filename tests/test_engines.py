@@ -20,7 +20,7 @@ from typing import NamedTuple
 import pytest
 
 from beam_pipeline.main import run
-from tests.conftest import check_run, job_args
+from tests.conftest import check_run, job_args, read_table
 
 pytestmark = pytest.mark.engines
 
@@ -127,3 +127,34 @@ def test_engine_reports_the_direct_runners_metrics(engine, runs):
     # Spark's job server reports attempted values only; the summary falls back to them.
     assert job_metrics(runs(engine).metrics) == job_metrics(runs("direct").metrics)
     assert "models:  detector loaded 1x, classifier loaded 1x" in runs(engine).summary
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_engine_skips_what_a_complete_run_did(engine, runs, models_dir, image_dir, tmp_path):
+    # The archive-run steps on the engine: ReadAllFromParquet of the earlier images table and
+    # the keyed join; only the earlier decode error is processed again.
+    flags = ENGINES[engine][1](fetch_engine(engine))
+    output = tmp_path / "again"
+    with contextlib.redirect_stdout(io.StringIO()):
+        run(job_args(models_dir, image_dir, output, *flags,
+                     f"--skip_done_in={runs(engine).output}"))
+    assert [row["image_path"] for row in read_table(output, "images")] == [
+        str(image_dir / "broken.png")]
+    record = json.loads((output / "run.json").read_text())
+    assert record["counts"]["images_skipped"] == 3 and record["status"] == "complete"
+
+
+def test_engine_prism_tiles_like_the_direct_runner(models_dir, image_dir, tmp_path):
+    tiles = ["--tile_size=64", "--tile_overlap=0.25", "--tile_batch_size=2"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        run(job_args(models_dir, image_dir, tmp_path / "direct", *tiles))
+        run(job_args(models_dir, image_dir, tmp_path / "prism", *tiles,
+                     *ENGINES["prism"][1](fetch_engine("prism"))))
+
+    def rows(output, table):
+        return [{k: v for k, v in row.items() if k != "run_id"}
+                for row in read_table(output, table)]
+
+    for table in ("detections", "images"):
+        assert rows(tmp_path / "prism", table) == rows(tmp_path / "direct", table)
+    assert rows(tmp_path / "direct", "detections")  # tiles found something to compare
