@@ -120,11 +120,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command-line entry: exit 2 with one line on a configuration mistake (nothing ran),
     exit 3 with one line when the error gate fails (rows and run record written)."""
     argv = list(argv if argv is not None else sys.argv[1:])
-    if _wants_help(argv):
-        from beam_pipeline.options import job_parser
+    from beam_pipeline.options import job_parser
 
+    if _wants_help(argv):
         job_parser().print_help()
         return
+    # Missing required flags and bad values: argparse's usage line under this program's name
+    # and exit 2 (Beam's own options are checked by run()).
+    job_parser().parse_known_args(argv)
     verbose = any(word in ("--verbose", "--verbose=true", "--verbose=True") for word in argv)
     with quiet_startup(enabled=not verbose):
         from beam_pipeline.runs import ErrorGateFailed
