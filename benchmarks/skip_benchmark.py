@@ -3,25 +3,21 @@
 Usage::
 
     .venv/bin/python -m benchmarks.skip_benchmark [--new 1000] [--done 100000 --done 1000000]
-        [--repeat 1] [--models free|bundled] [--out benchmarks/out/skip] [--json FILE]
+        [--repeat 1] [--models free|bundled] [--json FILE] [--profile]
+    .venv/bin/python -m benchmarks.skip_benchmark --report FILE.json...
 
-Every row is the job's own entry point (``beam_pipeline.main.run``) in a fresh process, its
-process tree sampled from /proc (``benchmarks._measure``):
+Each row runs the job's own ``beam_pipeline.main.run`` in a fresh process whose process tree is
+sampled from /proc (``benchmarks._measure``), and checks its run.json, metrics and images table:
 
-- ``seed``: the job over ``--new`` small generated JPEGs, nothing to skip; a real complete run
-  whose ``run.json`` gives the fingerprint;
-- ``rerun``: the same manifest with ``--skip_done_in`` the seed: every path is done, so no image
-  is read and no model runs (``images_read`` 0, ``DetectObjects.num_inferences`` absent or 0);
-- ``done N``: a synthetic earlier run (an ``images/`` table of N ``ok`` rows with the seed's
-  fingerprint and a complete ``run.json`` copied from the seed's) and a manifest of the
-  ``--new`` real paths followed by the N done paths, which are never files (skipped paths are
-  never read); the job must read exactly the ``--new`` images and skip N.
+- ``seed``: ``--new`` generated JPEGs, nothing to skip; its run.json gives the fingerprint;
+- ``rerun``: the same manifest, ``--skip_done_in`` the seed: no image read, no inference;
+- ``done N``: ``--skip_done_in`` a synthetic complete run (an ``images/`` table of N ``ok`` rows
+  with the seed's fingerprint, run.json copied from the seed's) over a manifest of the ``--new``
+  real paths then the N done paths, which are not files: exactly ``--new`` images are read.
 
-Models: ``free`` (default) is ``benchmarks._assets``' free set, 160x120 JPEGs, a detector with
-4 fixed boxes and a one-conv 32x32 classifier, so that the new images cost little and the
-skipping itself is what is timed; ``bundled`` is ``models/`` on 640x480 wafer JPEGs.
-``--profile`` runs the largest ``done`` row once more under cProfile (CPU time) and prints the
-functions with the most cumulative time.
+Models: ``free`` (default; ``benchmarks._assets``: 160x120 JPEGs, 4 fixed boxes, a one-conv
+32x32 classifier) keeps the new images cheap so that skipping is what is timed; ``bundled`` is
+``models/`` on 640x480 wafer JPEGs. ``--profile`` reruns the largest ``done`` row under cProfile.
 """
 
 from __future__ import annotations
@@ -127,8 +123,7 @@ def run_job(argv: list[str], output: str, *, profile: str | None = None) -> dict
         record = json.load(handle)
     return {"wall_s": run.end - run.start, "cpu_s": run.cpu, "rss_mb": run.peak_rss / 2**20,
             "load": (load_before, load_average()), "metrics": run.info.get("metrics", {}),
-            "summary_time": run.info.get("time"),
-            "record": record}
+            "summary_time": run.info.get("time"), "record": record}
 
 
 def check(figures: dict, output: str, *, read: int, skipped: int) -> None:
@@ -155,16 +150,12 @@ def check(figures: dict, output: str, *, read: int, skipped: int) -> None:
     figures["checked"] = found
 
 
-def _line(name: str, listed: int, f: dict) -> str:
-    load = f"{f['load'][0]:.1f}-{f['load'][1]:.1f}"
+def _line(name: str, f: dict) -> str:
     c = f["checked"]
-    return (f"{name:<14} {listed:>9} {c['record images_read']:>6} "
-            f"{c['record images_skipped']:>9} {c['metric DetectObjects.num_inferences']:>10} "
-            f"{f['wall_s']:>7.1f} {f['cpu_s']:>7.1f} {f['rss_mb']:>7.0f} {load:>9}")
-
-
-HEADER = (f"{'row':<14} {'listed':>9} {'read':>6} {'skipped':>9} "
-          f"{'inferences':>10} {'wall s':>7} {'CPU s':>7} {'RSS MB':>7} {'load':>9}")
+    return (f"  {name}: read {c['record images_read']}, skipped {c['record images_skipped']}, "
+            f"{c['metric DetectObjects.num_inferences']} inferences; {f['wall_s']:.1f} s wall, "
+            f"{f['cpu_s']:.1f} s CPU, {f['rss_mb']:.0f} MB peak RSS, load {f['load'][0]:.1f} -> "
+            f"{f['load'][1]:.1f}\n    job's own {f['summary_time']}")
 
 
 def _spread(values: list[float], spec: str) -> str:
@@ -175,20 +166,22 @@ def _spread(values: list[float], spec: str) -> str:
 def summary_lines(every: dict[str, list[dict]]) -> list[str]:
     """Per row: runs, median [min-max] of wall s and CPU s, peak RSS (largest run), load range;
     then what each done path adds, from the smallest to the largest ``done`` row."""
-    head = (f"{'row':<14} {'listed':>9} {'runs':>4} {'wall s':>20} {'CPU s':>20} {'RSS MB':>7} "
-            f"{'load':>9}")
+    head = (f"{'row':<14} {'listed':>9} {'read':>5} {'infer':>5} {'runs':>4} {'wall s':>20} "
+            f"{'CPU s':>20} {'RSS MB':>7} {'load':>9}")
     lines = [head, "-" * len(head)]
     for name, runs in every.items():
         checked = runs[0]["checked"]
         listed = checked["record images_read"] + checked["record images_skipped"]
         load = (f"{min(r['load'][0] for r in runs):.1f}-"
                 f"{max(r['load'][1] for r in runs):.1f}")
-        lines.append(f"{name:<14} {listed:>9} {len(runs):>4} "
+        lines.append(f"{name:<14} {listed:>9} {checked['record images_read']:>5} "
+                     f"{checked['metric DetectObjects.num_inferences']:>5} {len(runs):>4} "
                      f"{_spread([r['wall_s'] for r in runs], '.1f'):>20} "
                      f"{_spread([r['cpu_s'] for r in runs], '.1f'):>20} "
                      f"{max(r['rss_mb'] for r in runs):>7.0f} {load:>9}")
-    done = sorted((runs[0]["checked"]["record images_skipped"], runs)
-                  for name, runs in every.items() if name.startswith("done "))
+    done = sorted(((runs[0]["checked"]["record images_skipped"], runs)
+                   for name, runs in every.items() if name.startswith("done ")),
+                  key=lambda item: item[0])
     if len(done) >= 2 and done[-1][0] > done[0][0]:
         (low, low_runs), (high, high_runs) = done[0], done[-1]
 
@@ -201,14 +194,11 @@ def summary_lines(every: dict[str, list[dict]]) -> list[str]:
         lines.append(f"each done path from {low} to {high} adds {added('wall_s') * 1e3:.3f} ms "
                      f"wall, {added('cpu_s') * 1e3:.3f} ms CPU, {rss:.0f} bytes of peak RSS "
                      "(medians; RSS: largest run)")
+    lines.append("listed: manifest lines; read: run.json images_read; infer: metric "
+                 "DetectObjects.num_inferences; wall s, CPU s: median [min-max] of the job "
+                 "process from start to exit (imports, checks, model loads included), CPU of its "
+                 "process tree; RSS MB: the tree's peak, largest run; load: 1-min load average")
     return lines
-
-
-def _profile_summary(path: str, count: int = 25) -> None:
-    import pstats
-
-    pstats.Stats(path).sort_stats("cumulative").print_stats(count)
-    pstats.Stats(path).sort_stats("tottime").print_stats(count)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -222,9 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", default="seed,rerun,done",
                         help="rows to run; without 'seed' the seed run already in --out is used")
     parser.add_argument("--direct_running_mode", default="in_memory",
-                        choices=("in_memory", "multi_threading", "multi_processing"),
-                        help="the job's DirectRunner mode (it picks multi_processing itself "
-                             "on 1000+ inputs when not told)")
+                        choices=("in_memory", "multi_threading", "multi_processing", "auto"),
+                        help="the job's DirectRunner mode; auto: no flag, the job chooses "
+                             "(multi_processing, one worker per core, on 1000+ inputs)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the largest done row once (cProfile, CPU time)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out", "skip"))
@@ -243,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     out = os.path.abspath(args.out)
     os.makedirs(os.path.join(out, RUNS), exist_ok=True)
     assets = build_assets(out, args.new, args.models)
-    assets["job"].append(f"--direct_running_mode={args.direct_running_mode}")
+    if args.direct_running_mode != "auto":
+        assets["job"].append(f"--direct_running_mode={args.direct_running_mode}")
     rows = args.rows.split(",")
     new = assets["images"][:args.new]
     runs = os.path.join(out, RUNS)
@@ -251,15 +242,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{os.cpu_count()} CPUs; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
           f"{args.models} models, {args.new} new images; DirectRunner "
           f"{args.direct_running_mode}", flush=True)
-    lines, every = [HEADER, "-" * len(HEADER)], {}
+    every: dict[str, list[dict]] = {}
 
     def row(name: str, job: list[str], output: str, *, read: int, skipped: int) -> None:
         for _ in range(max(args.repeat, 1)):
             figures = run_job(assets["job"] + job, output)
             check(figures, output, read=read, skipped=skipped)
             every.setdefault(name, []).append(figures)
-            lines.append(_line(name, read + skipped, figures))
-            print(f"  {lines[-1]}\n    job's own {figures['summary_time']}", flush=True)
+            print(_line(name, figures), flush=True)
 
     seed_out = os.path.join(runs, "seed")
     if "seed" in rows:
@@ -278,12 +268,6 @@ def main(argv: list[str] | None = None) -> None:
         row(f"done {count}", job, os.path.join(runs, f"done_{count}"), read=args.new,
             skipped=count)
     print()
-    print("\n".join(lines))
-    print("listed: manifest lines; read/skipped: run.json counts; inferences: metric "
-          "DetectObjects.num_inferences; wall s: the job process from start to exit (imports, "
-          "checks and model loads included); CPU s and RSS MB: its process tree, RSS at its "
-          "peak; load: 1-min load average before-after")
-    print()
     print("\n".join(summary_lines(every)))
     if args.profile:
         count = max(args.done or [100000])
@@ -292,7 +276,10 @@ def main(argv: list[str] | None = None) -> None:
         run_job(assets["job"] + ["--input", os.path.join(out, f"manifest_{args.new}_{count}.txt"),
                                  "--skip_done_in", done_folder],
                 os.path.join(runs, f"profile_{count}"), profile=profile)
-        _profile_summary(profile)
+        import pstats
+
+        for order in ("cumulative", "tottime"):
+            pstats.Stats(profile).sort_stats(order).print_stats(25)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(every, handle, indent=1, default=str)
