@@ -303,7 +303,9 @@ class ObjectDetectionModelHandler(ModelHandler[DecodedImage, PredictionResult, D
 
     def __init__(self, model_path: str, *, max_batch_size: int = DEFAULT_DETECTOR_BATCH,
                  model_copies: int | None = None, tiling: Any = None):
-        super().__init__(min_batch_size=1, max_batch_size=max_batch_size,
+        # Fixed batches: Beam's adaptive batching would fit a regression on every batch, and a
+        # batch here is only a handful of images (same-size ones share a call when they can).
+        super().__init__(min_batch_size=max_batch_size, max_batch_size=max_batch_size,
                          model_copies=model_copies)
         self._model_path = model_path
         self._tiling = tiling if tiling is not None and tiling.tile_size > 0 else None
