@@ -223,12 +223,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="run nothing: print the summary of earlier --json files")
     args = parser.parse_args(argv)
     if args.report:
-        every: dict[str, list[dict]] = {}
+        merged: dict[str, list[dict]] = {}
         for path in args.report:
             with open(path) as handle:
                 for name, runs in json.load(handle).items():
-                    every.setdefault(name, []).extend(runs)
-        print("\n".join(summary_lines(every)))
+                    merged.setdefault(name, []).extend(runs)
+        print("\n".join(summary_lines(merged)))
         return
     out = os.path.abspath(args.out)
     os.makedirs(os.path.join(out, RUNS), exist_ok=True)
@@ -260,10 +260,9 @@ def main(argv: list[str] | None = None) -> None:
         row("rerun", ["--input", manifest, "--skip_done_in", seed_out],
             os.path.join(runs, "rerun"), read=0, skipped=args.new)
     for count in sorted(args.done or [100000]) if "done" in rows else ():
-        done_folder = write_done_run(os.path.join(out, f"done_{count}"), seed_record,
-                                     done_paths(out, count))
-        listing = write_manifest(os.path.join(out, f"manifest_{args.new}_{count}.txt"), new,
-                                 done_paths(out, count))
+        done = done_paths(out, count)
+        done_folder = write_done_run(os.path.join(out, f"done_{count}"), seed_record, done)
+        listing = write_manifest(os.path.join(out, f"manifest_{args.new}_{count}.txt"), new, done)
         job = ["--input", listing, "--skip_done_in", done_folder]
         row(f"done {count}", job, os.path.join(runs, f"done_{count}"), read=args.new,
             skipped=count)
