@@ -61,12 +61,17 @@ def count_inputs_up_to(spec: InputSpec, limit: int) -> int:
     return len(found)
 
 
-def choose_local_mode(argv: Sequence[str], spec: InputSpec, *,
-                      cores: int | None = None) -> LocalMode:
+def choose_local_mode(argv: Sequence[str], spec: InputSpec, *, cores: int | None = None,
+                      skipping: bool = False) -> LocalMode:
     """Beam's explicit flags win; otherwise a long input on several cores gets
-    ``multi_processing`` with one worker per core (at most ``MAX_AUTO_WORKERS``)."""
+    ``multi_processing`` with one worker per core (at most ``MAX_AUTO_WORKERS``), unless
+    earlier complete runs are being skipped (``skipping``): a rerun is mostly done paths, which
+    cost less in one process (docs/archive-runs.md)."""
     if any(word.split("=", 1)[0] in _BEAM_FLAGS for word in argv):
         return LocalMode((), "as set by --direct_running_mode / --direct_num_workers")
+    if skipping:
+        return LocalMode((), "in process (--skip_done_in: most paths are expected to be done; "
+                             "--direct_running_mode=multi_processing for many new images)")
     cores = cores or usable_cores()
     if cores < 2:
         return LocalMode((), "in process (1 core)")

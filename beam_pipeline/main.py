@@ -57,7 +57,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     local = _is_local_direct(options)
     running = ""
     if local:
-        mode = choose_local_mode(argv, config.input)
+        mode = choose_local_mode(argv, config.input, skipping=bool(config.done_tables))
         running = f"DirectRunner, {mode.reason}"
         if mode.flags:
             options = PipelineOptions([*argv, *mode.flags])

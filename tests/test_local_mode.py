@@ -30,6 +30,11 @@ def test_beam_flags_win(tmp_path):
         assert choose_local_mode(argv, spec, cores=8).flags == ()
 
 
+def test_reruns_that_skip_done_paths_stay_in_process(tmp_path):
+    mode = choose_local_mode([], _folder(tmp_path, LONG_INPUT_IMAGES), cores=8, skipping=True)
+    assert mode.flags == () and "--skip_done_in" in mode.reason
+
+
 def test_one_core_stays_in_process(tmp_path):
     assert choose_local_mode([], _folder(tmp_path, LONG_INPUT_IMAGES), cores=1).flags == ()
 
