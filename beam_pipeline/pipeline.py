@@ -15,8 +15,8 @@ from transforms.progress import CountProgress
 from transforms.reading import FAILED_TAG, InputSpec, ReadAndDecodeFn, ReadImagePaths
 from transforms.records import METRICS_NAMESPACE
 from transforms.regions import IMAGES_TAG, UNCLASSIFIED_TAG, CropRegionsFn
-from transforms.tiles import TilingConfig
 from transforms.skipping import SKIPPED_TAG, SkipDoneImages, in_sample
+from transforms.tiles import TilingConfig
 from transforms.writing import (
     CLASSIFY_FAILED_TAG,
     AccountImages,

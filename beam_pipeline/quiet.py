@@ -2,9 +2,9 @@
 
 Hidden: TensorFlow's C++ INFO lines and its load-time notes (oneDNN, CPU instructions, and on
 a machine with no GPU the CUDA lines, including a ``failed call to cuInit`` "error" that only
-says there is no GPU: see ``transforms.tf_runtime``); Beam's ``apitools not found`` and ``Resource module is not available`` (Beam logs the
-latter when one of its optional imports fails; ``resource`` itself works). Every other
-warning and error is still shown.
+says there is no GPU: see ``transforms.tf_runtime``); Beam's ``apitools not found`` and
+``Resource module is not available`` (Beam logs the latter when one of its optional imports
+fails; ``resource`` itself works). Every other warning and error is still shown.
 """
 
 from __future__ import annotations

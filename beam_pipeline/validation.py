@@ -10,15 +10,15 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.pipeline import JobConfig
-from transforms.labels import read_label_map, read_labels
 from beam_pipeline.runs import complete_outputs, run_identity, table_files
 from beam_pipeline.storage import storage_problem
+from transforms.labels import read_label_map, read_labels
 from transforms.model_files import (
-    SCORE_THRESHOLD_FILE,
     DEFAULT_CLASSIFIER,
     DEFAULT_CLASSIFIER_LABELS,
     DEFAULT_DETECTOR,
     DEFAULT_DETECTOR_LABEL_MAP,
+    SCORE_THRESHOLD_FILE,
     is_local_path,
     local_model_path,
     model_exists,

@@ -22,8 +22,8 @@ from PIL import Image
 
 from beam_pipeline.main import run
 from tests.conftest import COLOR_LABELS, IMAGE_HEIGHT, IMAGE_WIDTH, paint_image
-from transforms.detection import parse_detections
 from transforms.decoding import DecodeError, decode_image
+from transforms.detection import parse_detections
 from transforms.reading import FAILED_TAG, ReadAndDecodeFn
 
 pytestmark = pytest.mark.e2e  # runs the job, subprocesses or builds: the slow tier

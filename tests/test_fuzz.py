@@ -9,7 +9,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transforms.records import Detections
 from transforms.boxes import (
     clip_boxes,
     crop_box,
@@ -22,6 +21,7 @@ from transforms.decoding import (
     decode_image,
     image_size_from_header,
 )
+from transforms.records import Detections
 from transforms.regions import select_regions
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True,

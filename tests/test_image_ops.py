@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 
-from transforms.records import Detections
 from transforms.boxes import (
     clip_boxes,
     crop_box,
@@ -21,6 +20,7 @@ from transforms.decoding import (
     decode_image,
     image_size_from_header,
 )
+from transforms.records import Detections
 from transforms.regions import select_regions
 
 

@@ -57,7 +57,8 @@ def test_only_named_detector_classes_are_classified(models_dir, image_dir, tmp_p
     assert len(some) == len(every) == 9
     for row in some:
         full = every[(row["image_path"], row["roi_index"])]
-        assert row["box_ymin"] == full["box_ymin"] and row["detector_score"] == full["detector_score"]
+        assert row["box_ymin"] == full["box_ymin"]
+        assert row["detector_score"] == full["detector_score"]
         if row["detector_class_id"] == 1:
             assert row["classified"] and (row["class_id"], row["label"]) == (
                 full["class_id"], full["label"])

@@ -31,7 +31,8 @@ def pad_boxes(boxes: np.ndarray, padding: float) -> np.ndarray:
         return boxes
     dy = (boxes[:, 2] - boxes[:, 0]) * padding
     dx = (boxes[:, 3] - boxes[:, 1]) * padding
-    return np.stack([boxes[:, 0] - dy, boxes[:, 1] - dx, boxes[:, 2] + dy, boxes[:, 3] + dx], axis=1)
+    return np.stack([boxes[:, 0] - dy, boxes[:, 1] - dx, boxes[:, 2] + dy, boxes[:, 3] + dx],
+                    axis=1)
 
 
 def clip_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -9,7 +9,6 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 
-from transforms.records import Detections
 from transforms.boxes import (
     clip_boxes,
     crop_box,
@@ -18,7 +17,7 @@ from transforms.boxes import (
     resize_to,
     valid_boxes,
 )
-from transforms.records import METRICS_NAMESPACE, STATUS_OK, ImageRow, Region
+from transforms.records import METRICS_NAMESPACE, STATUS_OK, Detections, ImageRow, Region
 
 __all__ = ["IMAGES_TAG", "UNCLASSIFIED_TAG", "CropRegionsFn", "select_regions"]
 
