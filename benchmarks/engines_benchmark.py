@@ -37,7 +37,7 @@ from benchmarks._measure import (
     measure,
     steady_state,
 )
-from benchmarks.pipeline_benchmark import check_tables, summarize
+from benchmarks.pipeline_benchmark import _fmt, check_tables, summarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINES = ("direct", "prism", "flink", "spark")
@@ -89,10 +89,6 @@ def run_engine(engine: str, path: str, n: int, models: dict, out: str, cores: fl
     figures["load"] = (load_before, load_average())
     figures["regions"] = check_tables(output, n)
     return figures
-
-
-def _fmt(value: float | None, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def format_table(results: dict[str, dict], cores: float) -> str:
