@@ -6,24 +6,23 @@ import dataclasses
 from typing import Any, Mapping, Optional
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import PredictionResult, RunInference
+from apache_beam.ml.inference.base import RunInference
 
 from beam_pipeline.runs import finish_run
 from transforms.classification import KerasClassifierModelHandler
 from transforms.detection import ObjectDetectionModelHandler
 from transforms.progress import CountProgress
 from transforms.reading import FAILED_TAG, InputSpec, ReadAndDecodeFn, ReadImagePaths
-from transforms.records import METRICS_NAMESPACE
-from transforms.regions import IMAGES_TAG, UNCLASSIFIED_TAG, CropRegionsFn
+from transforms.regions import IMAGES_TAG, CropRegionsFn
 from transforms.skipping import SKIPPED_TAG, SkipDoneImages, in_sample
 from transforms.tiles import TilingConfig
 from transforms.writing import (
-    CLASSIFY_FAILED_TAG,
-    AccountImages,
+    FAILED_REGIONS_TAG,
     CountDetectionRows,
     CountImageRows,
-    ToDetectionRowsFn,
+    ToRowsFn,
     WriteParquetTable,
+    failed_batch_rows,
 )
 
 __all__ = ["JobConfig", "build_pipeline"]
@@ -61,17 +60,6 @@ class JobConfig:
     classify_detector_classes: Optional[frozenset[int]] = None  # None: classify every class
 
 
-def _failed_batch_to_errors(failed) -> list[tuple[str, str]]:
-    """A classifier batch that raised: every region in it fails, with the exception's text."""
-    batch, exc = failed
-    beam.metrics.Metrics.counter(METRICS_NAMESPACE, "regions_failed_classify").inc(len(batch))
-    if isinstance(exc, tuple) and len(exc) >= 2:  # Beam passes (type, repr, traceback)
-        message = str(exc[1])
-    else:
-        message = f"{type(exc).__name__}: {exc}"
-    return [(region.image_path, message[:500]) for region in batch]
-
-
 def _count(pcoll, label: str):
     return pcoll | label >> beam.combiners.Count.Globally()
 
@@ -98,62 +86,61 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
     detections = decoded.images | "DetectObjects" >> RunInference(
         ObjectDetectionModelHandler(config.detector_model, model_copies=config.model_copies,
                                     tiling=config.tiling))
+    # One element per image from here on: its regions travel together, so its images row is
+    # finished where its regions' answers are (no join on the path).
     regions = detections | "CropRegions" >> beam.ParDo(CropRegionsFn(
         min_score=config.min_score, max_detections=config.max_detections,
         padding=config.crop_padding, crop_height=config.classifier_input_size[0],
         crop_width=config.classifier_input_size[1],
         classify_classes=config.classify_detector_classes)).with_outputs(
-            IMAGES_TAG, UNCLASSIFIED_TAG, main="regions")
-    detected_rows, failed_rows = regions[IMAGES_TAG], decoded[FAILED_TAG]
-    if progress:
-        detected_rows = detected_rows | "CountDone" >> beam.ParDo(CountProgress(progress, "done"))
-        failed_rows = (failed_rows | "CountFailed" >> beam.ParDo(CountProgress(progress, "done"))
-                       | "CountErrors" >> beam.ParDo(CountProgress(progress, "errors")))
-    classified, dead_letters = regions.regions | "ClassifyRegions" >> RunInference(
+            IMAGES_TAG, main="detected")
+    classified, dead_letters = regions.detected | "ClassifyRegions" >> RunInference(
         KerasClassifierModelHandler(
             config.classifier_model, preprocess_mode=config.classifier_preprocess,
             batch_size=config.classifier_batch_size, safe_mode=config.safe_mode,
             model_copies=config.model_copies)).with_exception_handling()
-    to_rows = ToDetectionRowsFn(
+    rows = classified | "ToRows" >> beam.ParDo(ToRowsFn(
         labels=list(config.classifier_labels), detector_labels=config.detector_labels,
         detector_model=config.detector_model, classifier_model=config.classifier_model,
-        run_id=config.run_id, fingerprint=config.fingerprint)
-    rows = classified | "ToDetectionRows" >> beam.ParDo(to_rows).with_outputs(
-        CLASSIFY_FAILED_TAG, main="rows")
-    detection_rows = rows.rows
-    if config.classify_detector_classes is not None:
-        # Only when asked: the Flatten is a stage boundary, and row dicts are cheap to cross it.
-        not_asked = (regions[UNCLASSIFIED_TAG]
-                     | "SkipClassifier" >> beam.Map(lambda region: PredictionResult(region, None))
-                     | "UnclassifiedRows" >> beam.ParDo(to_rows))
-        detection_rows = (detection_rows, not_asked) | "AllRegions" >> beam.Flatten()
-    classify_failed = (
-        (rows[CLASSIFY_FAILED_TAG],
-         dead_letters.failed_inferences | "FailedBatches" >> beam.FlatMap(
-             _failed_batch_to_errors))
-        | "ClassifyFailures" >> beam.Flatten())
-    detection_files = detection_rows | "WriteDetections" >> WriteParquetTable(
+        run_id=config.run_id, fingerprint=config.fingerprint)).with_outputs(
+            IMAGES_TAG, FAILED_REGIONS_TAG, main="detections")
+    failed_batches = dead_letters.failed_inferences | "FailedBatches" >> beam.ParDo(
+        failed_batch_rows).with_outputs(FAILED_REGIONS_TAG, main="rows")
+    # Every path ends as exactly one of these: not read or decoded, not detected or nothing
+    # kept, classified, or in a classifier batch that failed.
+    finished = [decoded[FAILED_TAG], regions[IMAGES_TAG], rows[IMAGES_TAG],
+                failed_batches.rows]
+    if progress:  # counted where each row is made, before the Flatten below
+        finished = [branch | f"CountDone{i}" >> beam.ParDo(CountProgress(progress, "done"))
+                    for i, branch in enumerate(finished)]
+    detection_rows = rows.detections
+    detections_written = detection_rows | "WriteDetections" >> WriteParquetTable(
         config.output, "detections", num_shards=config.num_shards)
-    image_rows = ((detected_rows, classify_failed)
-                  | "AccountImages" >> AccountImages([failed_rows])
+    image_rows = (finished
+                  | "AllImageRows" >> beam.Flatten()
                   | "ImageRowsToDicts" >> beam.Map(
                       lambda row, run_id, fingerprint: row.to_dict(run_id=run_id,
                                                                    fingerprint=fingerprint),
                       config.run_id, config.fingerprint))
-    image_files = image_rows | "WriteImages" >> WriteParquetTable(
+    images_written = image_rows | "WriteImages" >> WriteParquetTable(
         config.output, "images", num_shards=config.num_shards)
+    failed_regions = ((rows[FAILED_REGIONS_TAG], failed_batches[FAILED_REGIONS_TAG])
+                      | "FailedRegions" >> beam.Flatten()
+                      | "CountFailedRegions" >> beam.CombineGlobally(sum))
     # The run's counts, from the rows themselves (every runner can do this; not all report
     # metrics to the launcher).
-    image_counts = image_rows | "CountImages" >> beam.CombineGlobally(CountImageRows())
-    detection_counts = detection_rows | "CountRegions" >> beam.CombineGlobally(CountDetectionRows())
+    image_counts = (images_written["tables"]
+                    | "CountImages" >> beam.CombineGlobally(CountImageRows()))
+    detection_counts = (detections_written["tables"]
+                        | "CountRegions" >> beam.CombineGlobally(CountDetectionRows()))
     # The sinks emit their final file names only after renaming them, so this runs last, on
     # the workers: the record is right whether or not the launcher waits for the job.
-    _ = ((detection_files, image_files)
+    _ = ((detections_written["files"], images_written["files"])
          | "WrittenFiles" >> beam.Flatten()
          | "CountFiles" >> beam.combiners.Count.Globally()
          | "MarkComplete" >> beam.Map(
              finish_run, config.output, dict(config.record),
              beam.pvalue.AsSingleton(image_counts), beam.pvalue.AsSingleton(detection_counts),
-             beam.pvalue.AsSingleton(_count(classify_failed, "CountClassifyFailures")),
+             beam.pvalue.AsSingleton(failed_regions),
              beam.pvalue.AsSingleton(_count(skipped, "CountSkipped")),
              config.max_error_fraction))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that, equal_to
 
 from tests.conftest import FAKE_BOXES, FAKE_NUM_DETECTIONS, FAKE_SCORES, paint_image
 from transforms.classification import (
@@ -12,7 +15,7 @@ from transforms.classification import (
     to_probabilities,
 )
 from transforms.detection import DetectorModel, ObjectDetectionModelHandler, parse_detections
-from transforms.records import DecodedImage, Region
+from transforms.records import DecodedImage, ImageRegions, Region
 
 
 @pytest.fixture(scope="module")
@@ -80,24 +83,64 @@ def test_detector_model_rejects_wrong_signature(tmp_path):
         DetectorModel(str(tmp_path / "m"))
 
 
-def _region(color: tuple[int, int, int], index: int = 0, size: int = 16) -> Region:
-    crop = np.zeros((size, size, 3), np.uint8)
-    crop[:] = color
+def _region(color: tuple[int, int, int] | None, index: int = 0, size: int = 16) -> Region:
+    crop = None
+    if color is not None:
+        crop = np.zeros((size, size, 3), np.uint8)
+        crop[:] = color
     return Region("img", index, (0.0, 0.0, 1.0, 1.0), 1, 0.9, crop)
+
+
+def _image(*regions: Region, path: str = "img") -> ImageRegions:
+    return ImageRegions(path, 100, 100, tuple(regions))
+
+
+def _answers(handler, model, *regions: Region) -> list:
+    (result,) = handler.run_inference([_image(*regions)], model)
+    return list(result.inference)
 
 
 def test_classifier_handler_known_answers_in_one_batch(models_dir):
     handler = KerasClassifierModelHandler(str(models_dir / "colors.keras"), batch_size=8)
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 8, "max_batch_size": 8}
+    kwargs = handler.batch_elements_kwargs()
+    assert (kwargs["min_batch_size"], kwargs["max_batch_size"]) == (8, 8)
     model = handler.load_model()
     assert (model.input_height, model.input_width, model.channels) == (16, 16, 3)
     assert model.num_classes == 3
-    regions = [_region((255, 0, 0), 0), _region((0, 255, 0), 1), _region((0, 0, 255), 2),
-               _region((0, 0, 255), 3, size=40)]  # a crop of another size is resized
-    results = list(handler.run_inference(regions, model))
-    assert [r.inference.class_id for r in results] == [0, 1, 2, 2]
-    assert all(r.inference.confidence > 0.99 for r in results)
-    assert [r.example.roi_index for r in results] == [0, 1, 2, 3]
+    first = _image(_region((255, 0, 0), 0), _region((0, 255, 0), 1), path="a")
+    # A crop of another size is resized; a region without a crop is not classified.
+    second = _image(_region((0, 0, 255), 0), _region(None, 1),
+                    _region((0, 0, 255), 2, size=40), path="b")
+    results = list(handler.run_inference([first, second], model))
+    assert [r.example.image_path for r in results] == ["a", "b"]
+    first_answers, second_answers = (r.inference for r in results)
+    assert [a.class_id for a in first_answers] == [0, 1]
+    assert second_answers[1] is None
+    assert [second_answers[0].class_id, second_answers[2].class_id] == [2, 2]
+    assert all(a.confidence > 0.99 for a in first_answers)
+
+
+def test_classifier_batches_weigh_images_by_their_crops(models_dir):
+    # Beam batches whole images; a batch of 8 holds about 8 crops, not 8 images.
+    handler = KerasClassifierModelHandler(str(models_dir / "colors.keras"), batch_size=8)
+    size = handler.batch_elements_kwargs()["element_size_fn"]
+    assert size(_image(*[_region((1, 2, 3), i) for i in range(5)])) == 5
+    assert size(_image(_region(None, 0), _region((1, 2, 3), 1))) == 1
+    assert size(_image(_region(None, 0))) == 1  # nothing to classify still takes a place
+    with beam.Pipeline(options=PipelineOptions(["--input=x", "--output=x"])) as pipeline:
+        images = [_image(*[_region((255, 0, 0), i) for i in range(3)], path=f"p{n}")
+                  for n in range(6)]
+        batches = (pipeline | beam.Create(images)
+                   | beam.BatchElements(**handler.batch_elements_kwargs())
+                   | beam.Map(lambda batch: sum(len(image.regions) for image in batch)))
+        assert_that(batches, equal_to([6, 6, 6]))  # 18 crops: 2 images (6 crops) per batch
+
+
+def test_classifier_splits_an_image_with_more_crops_than_a_batch(models_dir):
+    handler = KerasClassifierModelHandler(str(models_dir / "colors.keras"), batch_size=2)
+    model = handler.load_model()
+    answers = _answers(handler, model, *[_region((0, 255, 0), i) for i in range(5)])
+    assert [a.class_id for a in answers] == [1] * 5
 
 
 def test_classifier_preprocess_mode_changes_the_answer(models_dir):
@@ -106,7 +149,7 @@ def test_classifier_preprocess_mode_changes_the_answer(models_dir):
     handler = KerasClassifierModelHandler(str(models_dir / "colors.keras"),
                                           preprocess_mode="symmetric")
     model = handler.load_model()
-    black = list(handler.run_inference([_region((0, 0, 0))], model))[0].inference
+    (black,) = _answers(handler, model, _region((0, 0, 0)))
     assert black.confidence == pytest.approx(1 / 3, abs=1e-5)
 
 
@@ -135,11 +178,10 @@ def test_classifier_with_one_channel_gets_grey_crops(tmp_path):
     model.save(str(tmp_path / "grey.keras"))
     handler = KerasClassifierModelHandler(str(tmp_path / "grey.keras"))
     loaded = handler.load_model()
-    answers = [r.inference.class_id for r in handler.run_inference(
-        [_region((255, 255, 255), size=8), _region((0, 0, 0), size=8)], loaded)]
-    assert answers == [0, 0]  # white: logits (10, -10); black: (0, 0) -> argmax 0 by tie
-    white = list(handler.run_inference([_region((255, 255, 255), size=8)], loaded))[0]
-    assert white.inference.confidence > 0.99
+    answers = _answers(handler, loaded, _region((255, 255, 255), size=8),
+                       _region((0, 0, 0), size=8))
+    assert [a.class_id for a in answers] == [0, 0]  # white: (10, -10); black: (0, 0), a tie
+    assert answers[0].confidence > 0.99
 
 
 def test_to_probabilities_passes_probabilities_and_softmaxes_logits():

@@ -13,7 +13,7 @@ import pyarrow.dataset as ds
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-import transforms.writing
+import transforms.records
 from beam_pipeline.main import run
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.validation import ConfigError, validate
@@ -298,18 +298,17 @@ def test_rerun_needs_overwrite_and_a_mistake_keeps_the_earlier_tables(models_dir
     assert rows.num_rows == 2  # replaced, not appended
 
 
-def _fail_after_detections_are_written(rows, errors):
-    raise RuntimeError("injected fault in AccountImages")
+def _fail_after_detections_are_written(row, **_):
+    raise RuntimeError("injected fault in ImageRowsToDicts")
 
 
 def test_failed_run_leaves_no_tables_that_look_final(models_dir, images, tmp_path, monkeypatch):
-    # A fault in AccountImages, a stage that runs after WriteDetections has finalized its
-    # files on the DirectRunner (checked by hand: detections/part-00000-of-00001.parquet and
-    # images/beam-temp-*/ were left before the launcher cleaned up).
-    monkeypatch.setattr(transforms.writing, "finalize_image_row",
+    # A fault in ImageRowsToDicts, after the Flatten of the images rows: on the DirectRunner
+    # that stage runs after WriteDetections has written its files.
+    monkeypatch.setattr(transforms.records.ImageRow, "to_dict",
                         _fail_after_detections_are_written)
     output = tmp_path / "out"
-    with pytest.raises(Exception, match="injected fault in AccountImages"):
+    with pytest.raises(Exception, match="injected fault in ImageRowsToDicts"):
         run(_argv(models_dir, images, output))
     leftovers = _parquet_files(output) if output.exists() else []
     assert leftovers == []  # no part files, no temporary files, no success marker

@@ -11,12 +11,13 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.boxes import resize_to
 from transforms.model_files import local_model_path
-from transforms.records import Classification, Region
+from transforms.records import Classification, ImageRegions
 from transforms.tf_runtime import configure_tensorflow
 
 __all__ = [
     "ClassifierModel",
     "KerasClassifierModelHandler",
+    "crops_in",
     "PREPROCESS_MODES",
     "preprocess",
     "to_probabilities",
@@ -129,11 +130,21 @@ class ClassifierModel:
         return to_probabilities(self(preprocess(batch, preprocess_mode)))
 
 
-class KerasClassifierModelHandler(ModelHandler[Region, PredictionResult, ClassifierModel]):
-    """Loads a classifier once per worker process and classifies crops in fixed-size batches.
+def crops_in(image: ImageRegions) -> int:
+    """An image's weight in a classifier batch: its crops (at least 1, so that images whose
+    regions are all left unclassified still fill batches)."""
+    return max(1, sum(region.crop is not None for region in image.regions))
 
-    Crops arrive already resized to the model's input size by CropRegions; ``preprocess_mode``
-    maps uint8 to the model's range (``unit``, ``raw`` or ``symmetric``).
+
+class KerasClassifierModelHandler(ModelHandler[ImageRegions, PredictionResult, ClassifierModel]):
+    """Loads a classifier once per worker process and classifies the crops of several images
+    in compiled batches of up to ``batch_size`` crops.
+
+    Elements are whole images (``ImageRegions``): Beam's batching weighs each by its crops, so
+    a batch holds about ``batch_size`` crops whatever the regions per image. The inference of
+    an image is a tuple with one ``Classification`` per region (``None`` for a region without
+    a crop). Crops arrive already resized to the model's input size by CropRegions;
+    ``preprocess_mode`` maps uint8 to the model's range (``unit``, ``raw`` or ``symmetric``).
     """
 
     def __init__(self, model_path: str, *, preprocess_mode: str = "unit",
@@ -141,32 +152,42 @@ class KerasClassifierModelHandler(ModelHandler[Region, PredictionResult, Classif
                  model_copies: Optional[int] = None):
         preprocess(np.zeros((1, 1, 1, 3), np.uint8), preprocess_mode)  # rejects a bad mode now
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size,
-                         model_copies=model_copies)
+                         element_size_fn=crops_in, model_copies=model_copies)
         self._model_path = model_path
         self._preprocess_mode = preprocess_mode
         self._safe_mode = safe_mode
+        self._batch_size = batch_size
 
     def load_model(self) -> ClassifierModel:
         configure_tensorflow()
         return ClassifierModel(local_model_path(self._model_path), safe_mode=self._safe_mode)
 
-    def run_inference(self, batch: Sequence[Region], model: ClassifierModel,
+    def run_inference(self, batch: Sequence[ImageRegions], model: ClassifierModel,
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
-        probabilities = model.classify([region.crop for region in batch],
-                                       self._preprocess_mode)
-        results = []
-        for region, row in zip(batch, probabilities):
-            if not np.all(np.isfinite(row)):
-                answer = Classification(-1, float("nan"), "classifier returned NaN or inf")
-            else:
-                best = int(np.argmax(row))
-                answer = Classification(best, float(row[best]))
-            results.append(PredictionResult(region, answer, self._model_path))
-        return results
+        crops = [crop for image in batch for crop in image.crops]
+        # One image with more crops than a batch is classified in several calls.
+        chunks = [model.classify(crops[start:start + self._batch_size], self._preprocess_mode)
+                  for start in range(0, len(crops), self._batch_size)]
+        answers = iter(_answers(np.concatenate(chunks)) if chunks else ())
+        return [PredictionResult(image, tuple(None if region.crop is None else next(answers)
+                                              for region in image.regions), self._model_path)
+                for image in batch]
 
-    def get_num_bytes(self, batch: Sequence[Region]) -> int:
-        return sum(region.crop.nbytes for region in batch)
+    def get_num_bytes(self, batch: Sequence[ImageRegions]) -> int:
+        return sum(crop.nbytes for image in batch for crop in image.crops)
 
     def get_metrics_namespace(self) -> str:
         return "ClassifyRegions"
+
+
+def _answers(probabilities: np.ndarray) -> list[Classification]:
+    """The best class and its probability per row; a row with NaN or inf is an error."""
+    finite = np.isfinite(probabilities).all(axis=1).tolist()
+    best = np.argmax(probabilities, axis=1)
+    confidence = probabilities[np.arange(len(best)), best].tolist()
+    return [Classification(class_id, score) if ok else _NOT_FINITE
+            for class_id, score, ok in zip(best.tolist(), confidence, finite)]
+
+
+_NOT_FINITE = Classification(-1, float("nan"), "classifier returned NaN or inf")

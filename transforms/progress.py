@@ -24,7 +24,8 @@ _WRITE_EVERY_S = 1.0
 
 
 class CountProgress(beam.DoFn):
-    """Counts elements of one kind (``queued``, ``done`` or ``errors``) into ``folder``.
+    """Counts elements of one kind (``queued`` paths or ``done`` images rows) into ``folder``;
+    ``done`` rows whose ``status`` is ``error`` are also counted as ``errors``.
 
     Each DoFn instance writes its own file (renamed into place, so readers never see half a
     file) at most once a second and when its bundle ends.
@@ -34,6 +35,7 @@ class CountProgress(beam.DoFn):
         self._folder = folder
         self._kind = kind
         self._count = 0
+        self._errors = 0
         self._written_at = 0.0
         self._path: Optional[str] = None
 
@@ -43,6 +45,8 @@ class CountProgress(beam.DoFn):
 
     def process(self, element):
         self._count += 1
+        if getattr(element, "status", None) == "error":
+            self._errors += 1
         now = time.monotonic()
         if now - self._written_at >= _WRITE_EVERY_S:
             self._write(now)
@@ -58,7 +62,8 @@ class CountProgress(beam.DoFn):
         temporary = self._path + ".tmp"
         try:
             with open(temporary, "w") as handle:
-                json.dump({"kind": self._kind, "count": self._count}, handle)
+                json.dump({"kind": self._kind, "count": self._count, "errors": self._errors},
+                          handle)
             os.replace(temporary, self._path)
         except OSError:
             pass  # progress is best effort; the run's results do not depend on it
@@ -78,6 +83,7 @@ def read_progress(folder: str) -> dict[str, int]:
             with open(os.path.join(folder, name)) as handle:
                 entry = json.load(handle)
             totals[entry["kind"]] = totals.get(entry["kind"], 0) + int(entry["count"])
+            totals["errors"] += int(entry.get("errors", 0))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return totals

@@ -18,6 +18,7 @@ __all__ = [
     "DecodedImage",
     "Detections",
     "DetectionRow",
+    "ImageRegions",
     "ImageRow",
     "Region",
 ]
@@ -118,6 +119,23 @@ class Region:
     # uint8 [h, w, 3], already the classifier's input size; None for a region that is not
     # classified (--classify_detector_classes).
     crop: Optional[np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRegions:
+    """One image's kept regions, which travel through ClassifyRegions together: the image's
+    row is finished where its regions' answers are, with no join on the path, and the
+    pipeline moves one element per image rather than one per region."""
+
+    image_path: str
+    width: int
+    height: int
+    regions: tuple[Region, ...]  # roi_index order
+
+    @property
+    def crops(self) -> list[np.ndarray]:
+        """The crops to classify, in region order (regions without a crop are skipped)."""
+        return [region.crop for region in self.regions if region.crop is not None]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,13 +17,19 @@ from transforms.boxes import (
     resize_to,
     valid_boxes,
 )
-from transforms.records import METRICS_NAMESPACE, STATUS_OK, Detections, ImageRow, Region
+from transforms.records import (
+    METRICS_NAMESPACE,
+    STATUS_OK,
+    Detections,
+    ImageRegions,
+    ImageRow,
+    Region,
+)
 
-__all__ = ["IMAGES_TAG", "UNCLASSIFIED_TAG", "CropRegionsFn", "select_regions"]
+__all__ = ["IMAGES_TAG", "CropRegionsFn", "select_regions"]
 
+# Final images rows that need no classifier: detection failed, or nothing was kept.
 IMAGES_TAG = "images"
-# Regions of detector classes that --classify_detector_classes leaves out: no crop is cut.
-UNCLASSIFIED_TAG = "unclassified"
 
 
 def select_regions(detections: Detections, height: int, width: int, *, min_score: float,
@@ -52,10 +58,11 @@ def select_regions(detections: Detections, height: int, width: int, *, min_score
 
 
 class CropRegionsFn(beam.DoFn):
-    """Turns one image's detections into Regions, and one ImageRow per image on ``images``.
+    """Turns one image's detections into an ``ImageRegions`` (the main output), or, for an
+    image with nothing to classify or whose detection failed, its final ``ImageRow`` on
+    ``images``.
 
-    A DoFn rather than a Map: it has two outputs (regions and the per-image row that the
-    images table is built from) and counts what it keeps and drops.
+    A DoFn rather than a Map: it has two outputs and counts what it keeps and drops.
     """
 
     def __init__(self, *, min_score: float, max_detections: int, padding: float,
@@ -88,15 +95,19 @@ class CropRegionsFn(beam.DoFn):
         self._degenerate.inc(dropped)
         self._kept.inc(len(keep))
         self._per_image.update(len(keep))
-        for roi_index, (index, box) in enumerate(zip(keep, boxes)):
-            detector_class = int(detections.classes[index])
+        if not len(keep):
+            yield beam.pvalue.TaggedOutput(IMAGES_TAG, ImageRow(
+                image_path=image.path, status=STATUS_OK, width=image.width,
+                height=image.height, num_detections=0))
+            return
+        classes = np.asarray(detections.classes)[keep].tolist()
+        scores = np.asarray(detections.scores, dtype=np.float32)[keep].tolist()
+        regions = []
+        for roi_index, (box, detector_class, score) in enumerate(zip(boxes, classes, scores)):
             classify = self._classify_classes is None or detector_class in self._classify_classes
-            region = Region(image_path=image.path, roi_index=roi_index,
-                            box=tuple(float(v) for v in box), detector_class_id=detector_class,
-                            detector_score=float(detections.scores[index]),
-                            crop=resize_to(crop_box(image.pixels, box), *self._crop_size)
-                            if classify else None)
-            yield region if classify else beam.pvalue.TaggedOutput(UNCLASSIFIED_TAG, region)
-        yield beam.pvalue.TaggedOutput(IMAGES_TAG, ImageRow(
-            image_path=image.path, status=STATUS_OK, width=image.width, height=image.height,
-            num_detections=len(keep)))
+            regions.append(Region(
+                image_path=image.path, roi_index=roi_index, box=tuple(box.tolist()),
+                detector_class_id=int(detector_class), detector_score=float(score),
+                crop=resize_to(crop_box(image.pixels, box), *self._crop_size)
+                if classify else None))
+        yield ImageRegions(image.path, image.width, image.height, tuple(regions))

@@ -119,13 +119,16 @@ def call_with_retries(fn: Callable[[], T], policy: RetryPolicy, *,
         sleep: waits; tests pass a fake.
         rng: source of the jitter (a fresh ``random.Random()`` when None).
     """
-    delays = backoff_delays(policy, rng or random.Random())
-    for delay in delays:
+    delays: list[float] = []
+    for attempt in range(policy.attempts - 1):
         try:
             return fn()
         except Exception as exc:  # pylint: disable=broad-except
             if not is_transient(exc):
                 raise
             on_retry(exc)
-        sleep(delay)
+        # Drawn on the first failure only: seeding a generator costs more than reading a
+        # small file, and almost every call succeeds at once.
+        delays = delays or backoff_delays(policy, rng or random.Random())
+        sleep(delays[attempt])
     return fn()
