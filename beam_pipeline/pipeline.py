@@ -108,20 +108,20 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
         failed_batch_rows).with_outputs(FAILED_REGIONS_TAG, main="rows")
     # Every path ends as exactly one of these: not read or decoded, not detected or nothing
     # kept, classified, or in a classifier batch that failed.
-    finished = [decoded[FAILED_TAG], regions[IMAGES_TAG], rows[IMAGES_TAG],
-                failed_batches.rows]
-    if progress:  # counted where each row is made, before the Flatten below
-        finished = [branch | f"CountDone{i}" >> beam.ParDo(CountProgress(progress, "done"))
-                    for i, branch in enumerate(finished)]
+    finished = {"Unread": decoded[FAILED_TAG], "Unclassified": regions[IMAGES_TAG],
+                "Classified": rows[IMAGES_TAG], "FailedBatch": failed_batches.rows}
+    image_rows = []
+    for name, branch in finished.items():
+        if progress:  # counted where each row is made: the Flatten below ends the stage
+            branch = branch | f"CountDone{name}" >> beam.ParDo(CountProgress(progress, "done"))
+        # Dicts cross the Flatten faster than dataclasses, which Beam pickles.
+        image_rows.append(branch | f"ToDict{name}" >> beam.Map(
+            lambda row, run_id, fingerprint: row.to_dict(run_id=run_id, fingerprint=fingerprint),
+            config.run_id, config.fingerprint))
+    image_rows = image_rows | "AllImageRows" >> beam.Flatten()
     detection_rows = rows.detections
     detections_written = detection_rows | "WriteDetections" >> WriteParquetTable(
         config.output, "detections", num_shards=config.num_shards)
-    image_rows = (finished
-                  | "AllImageRows" >> beam.Flatten()
-                  | "ImageRowsToDicts" >> beam.Map(
-                      lambda row, run_id, fingerprint: row.to_dict(run_id=run_id,
-                                                                   fingerprint=fingerprint),
-                      config.run_id, config.fingerprint))
     images_written = image_rows | "WriteImages" >> WriteParquetTable(
         config.output, "images", num_shards=config.num_shards)
     failed_regions = ((rows[FAILED_REGIONS_TAG], failed_batches[FAILED_REGIONS_TAG])

@@ -15,6 +15,10 @@ row is its own process, run ``--repeat`` times:
 - (e) the plain loop with models made nearly free (fixed boxes, tiny classifier, small JPEGs)
 - (f) the job in process with the same nearly free models: the job's own cost
 
+Rows run interleaved (a, b, ..., f, then again), and ``vs loop`` is the median over rounds of
+a row's rate over its loop's rate in the same round, so a machine whose speed drifts during
+the benchmark skews no row.
+
 Rates are timed between the 10% and the 90% images leaving the detector (its progress log);
 ``cores busy`` is the process tree's CPU seconds per wall second in that window. A rate whose
 cores busy exceeds the CPUs this process may use is not printed ("not measurable").
@@ -113,6 +117,12 @@ def summarize(runs: list[dict]) -> dict:
     return summary
 
 
+def paired_ratios(runs: list[dict], reference: list[dict]) -> list[float]:
+    """Each run's rate over its reference row's rate in the same round."""
+    return [r["images_s"] / ref["images_s"] for r, ref in zip(runs, reference)
+            if "images_s" in r and "images_s" in ref]
+
+
 def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -136,8 +146,8 @@ def format_table(results: dict[str, dict], cores: float) -> str:
             continue
         low, high = r["images_s_range"]
         ratio = "-"
-        if ref in results and not results[ref]["reason"]:
-            ratio = f"{r['images_s'] / results[ref]['images_s']:.2f}x"
+        if r.get("paired"):
+            ratio = f"{statistics.median(r['paired']):.2f}x"
         rate = f"{r['images_s']:.1f} [{low:.1f}-{high:.1f}]"
         lines.append(f"{start}{rate:>20} {r['cpu_ms']:>10.1f} {r['cores_busy']:>10.2f} "
                      f"{end} {ratio:>7} {load:>9}")
@@ -145,6 +155,12 @@ def format_table(results: dict[str, dict], cores: float) -> str:
                  f"10%..90% images out of the detector; CPU ms/img and cores busy (of "
                  f"{cores:g}) in that window; after start-up: from the first image out of the "
                  "detector to the end (tail included); load: 1-min load average before-after")
+    lines.append("vs loop: median over rounds of the row's rate / its loop's rate in the same "
+                 "round (rows run interleaved, one round after another)")
+    for row, r in results.items():
+        if r.get("paired"):
+            lines.append(f"  {ROWS[row][0]} / {ROWS[ROWS[row][3]][0]}: "
+                         + " ".join(f"{v:.2f}" for v in r["paired"]))
     lines.extend(break_even(results))
     return "\n".join(lines)
 
@@ -190,20 +206,22 @@ def main(argv: list[str] | None = None) -> None:
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; real: 640x480 JPEG, 5 regions each, "
           f"detector {'tiny' if args.tiny else 'MobileNetV2 320'}; free: 160x120 JPEG, "
           "4 regions each, fixed boxes, 32x32 one-conv classifier", flush=True)
-    results, every = {}, {}
-    for row in rows:
-        n = images_for(row, args.images, args.free_images)
-        runs = []
-        for _ in range(max(args.repeat, 1)):
-            runs.append(run_row(row, n, built, args.out, cores, args.min_window))
-            r = runs[-1]
+    every: dict[str, list[dict]] = {row: [] for row in rows}
+    # Repeats are interleaved (a b c, a b c, ...): a machine that drifts slows every row alike,
+    # and each row's run is paired with its reference row's run of the same round.
+    for _ in range(max(args.repeat, 1)):
+        for row in rows:
+            n = images_for(row, args.images, args.free_images)
+            r = run_row(row, n, built, args.out, cores, args.min_window)
+            every[row].append(r)
             print(f"  {ROWS[row][0]}: {n} images in {r['total_s']:.1f} s, "
                   f"{_fmt(r.get('images_s'))} images/s, {_fmt(r.get('cpu_ms'))} CPU ms/img, "
                   f"{_fmt(r.get('cores_busy'), '.2f')} "
                   f"cores busy, load {r['load'][0]:.2f} -> {r['load'][1]:.2f}"
                   + (f" ({r['reason']})" if r["reason"] else ""), flush=True)
-        results[row] = dict(summarize(runs), images=n)
-        every[row] = runs
+    results = {row: dict(summarize(runs), images=images_for(row, args.images, args.free_images),
+                         paired=paired_ratios(runs, every.get(ROWS[row][3] or "", [])))
+               for row, runs in every.items()}
     print()
     print(format_table(results, cores))
     if args.json:

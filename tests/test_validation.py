@@ -13,7 +13,7 @@ import pyarrow.dataset as ds
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-import transforms.records
+import transforms.writing
 from beam_pipeline.main import run
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.validation import ConfigError, validate
@@ -298,18 +298,21 @@ def test_rerun_needs_overwrite_and_a_mistake_keeps_the_earlier_tables(models_dir
     assert rows.num_rows == 2  # replaced, not appended
 
 
-def _fail_after_detections_are_written(row, **_):
-    raise RuntimeError("injected fault in ImageRowsToDicts")
-
-
 def test_failed_run_leaves_no_tables_that_look_final(models_dir, images, tmp_path, monkeypatch):
-    # A fault in ImageRowsToDicts, after the Flatten of the images rows: on the DirectRunner
-    # that stage runs after WriteDetections has written its files.
-    monkeypatch.setattr(transforms.records.ImageRow, "to_dict",
-                        _fail_after_detections_are_written)
+    # A fault in the last step, after both tables are renamed into place (the fault checks
+    # that they are) and before the success marker and the run record are written.
     output = tmp_path / "out"
-    with pytest.raises(Exception, match="injected fault in ImageRowsToDicts"):
+    seen = []
+
+    def fail_after_tables_are_written(_output):
+        seen.extend(os.listdir(output / "detections") + os.listdir(output / "images"))
+        raise RuntimeError("injected fault in MarkComplete")
+
+    monkeypatch.setattr(transforms.writing, "write_success_marker",
+                        fail_after_tables_are_written)
+    with pytest.raises(Exception, match="injected fault in MarkComplete"):
         run(_argv(models_dir, images, output))
+    assert len([name for name in seen if name.startswith("part-")]) == 2, seen
     leftovers = _parquet_files(output) if output.exists() else []
     assert leftovers == []  # no part files, no temporary files, no success marker
     monkeypatch.undo()

@@ -54,8 +54,8 @@ ROWS_PER_ROW_GROUP = 10_000
 
 
 class ToRowsFn(beam.DoFn):
-    """One classified image to its detections rows (the main output) and its final images row
-    (``images``). Regions whose classification failed get no detections row; their count goes
+    """One classified image to its detections rows (the main output: one list of row dicts per
+    image) and its final images row (``images``). Regions whose classification failed get no detections row; their count goes
     to ``failed_regions`` and their image becomes a ``classify`` error."""
 
     def __init__(self, *, labels: list[str], detector_labels: Optional[Mapping[int, str]],
@@ -73,20 +73,22 @@ class ToRowsFn(beam.DoFn):
 
     def process(self, result: PredictionResult) -> Iterator[object]:
         image, answers = result.example, result.inference
-        errors = []
+        rows, errors = [], []
         for region, answer in zip(image.regions, answers):
             if answer is None:  # a detector class the classifier is not asked about
                 self._not_classified.inc()
-                yield self._row(region, class_id=-1, label="", confidence=float("nan"),
-                                classified=False)
+                rows.append(self._row(region, class_id=-1, label="", confidence=float("nan"),
+                                      classified=False))
             elif answer.error is not None or not 0 <= answer.class_id < len(self._labels):
                 self._failed.inc()
                 errors.append(answer.error or f"class index {answer.class_id} has no label")
             else:
                 self._classified.inc()
-                yield self._row(region, class_id=answer.class_id,
-                                label=self._labels[answer.class_id],
-                                confidence=answer.confidence, classified=True)
+                rows.append(self._row(region, class_id=answer.class_id,
+                                      label=self._labels[answer.class_id],
+                                      confidence=answer.confidence, classified=True))
+        if rows:  # one element per image: its rows travel together to the writer
+            yield rows
         if errors:
             yield beam.pvalue.TaggedOutput(FAILED_REGIONS_TAG, len(errors))
         yield beam.pvalue.TaggedOutput(IMAGES_TAG, image_row(image, errors))
@@ -135,7 +137,7 @@ def failed_batch_rows(failed) -> Iterator[object]:
 
 
 class RowsToTablesFn(beam.DoFn):
-    """Dict rows to ``pyarrow.Table``s of up to ``rows_per_table`` rows, one per bundle at
+    """Dict rows (or lists of them) to ``pyarrow.Table``s of up to ``rows_per_table`` rows, one per bundle at
     least: Arrow converts a list of rows in C++, where ``WriteToParquet``'s own buffering
     visits every column of every row in Python (about 60 us a row, a third of the job's own
     cost with fast models). Each table becomes one row group of the Parquet file."""
@@ -148,8 +150,11 @@ class RowsToTablesFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._rows = []
 
-    def process(self, row: Mapping) -> Iterator[pa.Table]:
-        self._rows.append(row)
+    def process(self, rows: Mapping | list[Mapping]) -> Iterator[pa.Table]:
+        if isinstance(rows, list):  # the rows of one image
+            self._rows.extend(rows)
+        else:
+            self._rows.append(rows)
         if len(self._rows) >= self._rows_per_table:
             yield self._table()
 
@@ -163,7 +168,7 @@ class RowsToTablesFn(beam.DoFn):
 
 
 class WriteParquetTable(beam.PTransform):
-    """Writes dict rows as a compressed Parquet dataset ``OUTPUT/<table>/part-*.parquet``.
+    """Writes dict rows (or lists of them) as a compressed Parquet dataset ``OUTPUT/<table>/part-*.parquet``.
 
     Returns ``{"tables": ..., "files": ...}``: the Arrow tables written (the run's counts are
     taken from them, one element per table rather than per row) and the final file names,
