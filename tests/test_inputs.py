@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
@@ -15,6 +17,7 @@ from transforms.reading import (
     ReadImagePaths,
     listed_kind,
     parse_manifest_line,
+    read_at_most,
     resolve_input,
 )
 from transforms.records import METRICS_NAMESPACE
@@ -171,3 +174,26 @@ def test_check_input_missing_folder_and_plain_file(tmp_path):
     (tmp_path / "notes.md").write_text("x")
     with pytest.raises(ConfigError, match="is a file without an image extension"):
         check_input(str(tmp_path / "notes.md"))
+
+
+class _CountingStream(io.BytesIO):
+    """A stream that records the sizes it was asked for."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.asked: list[int] = []
+
+    def read(self, size: int = -1) -> bytes:
+        self.asked.append(size)
+        return super().read(size)
+
+
+@pytest.mark.parametrize("size", [0, 10, (1 << 20) - 1, 1 << 20, (1 << 20) + 5, 20 << 20])
+def test_read_at_most_reads_everything_up_to_one_byte_past_the_limit(size):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    limit = 17 << 20
+    stream = _CountingStream(data)
+    got = read_at_most(stream, limit)
+    assert got == data[:limit + 1]
+    # Never one huge read: the first asks 1 MiB, later ones at most 16 MiB.
+    assert stream.asked[0] == 1 << 20 and max(stream.asked) <= 16 << 20

@@ -9,6 +9,7 @@ import os
 import posixpath
 import stat
 from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -30,6 +31,7 @@ __all__ = [
     "listed_kind",
     "max_file_bytes",
     "parse_manifest_line",
+    "read_at_most",
     "resolve_input",
 ]
 
@@ -183,6 +185,21 @@ def max_file_bytes(max_pixels: int) -> int:
     return max_pixels * 8 + (16 << 20)
 
 
+def read_at_most(handle: Any, limit: int) -> bytes:
+    """The stream's bytes up to ``limit + 1`` (one more tells that it is over the limit), in
+    growing chunks: ``handle.read(limit + 1)`` would allocate the whole limit (hundreds of MB)
+    for every small file, which costs more than reading the file."""
+    chunks, total, size = [], 0, 1 << 20
+    while total <= limit:
+        data = handle.read(min(size, limit + 1 - total))
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+        size = 16 << 20
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def _local_file_problem(path: str) -> str | None:
     """Why a local path cannot be read as a file, or None (remote paths are not checked).
 
@@ -244,7 +261,7 @@ class ReadAndDecodeFn(beam.DoFn):
 
         def read() -> bytes:
             with FileSystems.open(path, compression_type="uncompressed") as handle:
-                return handle.read(limit + 1)
+                return read_at_most(handle, limit)
 
         try:
             # On top of the filesystem's own retries: what still fails transiently (a reset

@@ -54,9 +54,10 @@ ROWS_PER_ROW_GROUP = 10_000
 
 
 class ToRowsFn(beam.DoFn):
-    """One classified image to its detections rows (the main output: one list of row dicts per
-    image) and its final images row (``images``). Regions whose classification failed get no detections row; their count goes
-    to ``failed_regions`` and their image becomes a ``classify`` error."""
+    """One classified image to its detections rows (the main output: one list of row dicts
+    per image) and its final images row (``images``). Regions whose classification failed
+    get no detections row; their count goes to ``failed_regions`` and their image becomes a
+    ``classify`` error."""
 
     def __init__(self, *, labels: list[str], detector_labels: Optional[Mapping[int, str]],
                  detector_model: str, classifier_model: str, run_id: str = "",
@@ -137,10 +138,10 @@ def failed_batch_rows(failed) -> Iterator[object]:
 
 
 class RowsToTablesFn(beam.DoFn):
-    """Dict rows (or lists of them) to ``pyarrow.Table``s of up to ``rows_per_table`` rows, one per bundle at
-    least: Arrow converts a list of rows in C++, where ``WriteToParquet``'s own buffering
-    visits every column of every row in Python (about 60 us a row, a third of the job's own
-    cost with fast models). Each table becomes one row group of the Parquet file."""
+    """Dict rows (or lists of them) to ``pyarrow.Table``s of up to ``rows_per_table`` rows,
+    one per bundle at least: Arrow converts a list of rows in C++, where ``WriteToParquet``'s
+    own buffering visits every column of every row in Python (about 60 us a row). Each table
+    becomes one row group of the Parquet file."""
 
     def __init__(self, schema: pa.Schema, rows_per_table: int = ROWS_PER_ROW_GROUP):
         self._schema = schema
@@ -168,7 +169,8 @@ class RowsToTablesFn(beam.DoFn):
 
 
 class WriteParquetTable(beam.PTransform):
-    """Writes dict rows (or lists of them) as a compressed Parquet dataset ``OUTPUT/<table>/part-*.parquet``.
+    """Writes dict rows (or lists of them) as a compressed Parquet dataset
+    ``OUTPUT/<table>/part-*.parquet``.
 
     Returns ``{"tables": ..., "files": ...}``: the Arrow tables written (the run's counts are
     taken from them, one element per table rather than per row) and the final file names,
