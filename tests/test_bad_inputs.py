@@ -411,3 +411,41 @@ def test_parse_detections_turns_non_finite_classes_into_zero():
                "detection_scores": np.zeros((1, 3), np.float32),
                "detection_classes": np.array([[NAN, INF, 2.0]], np.float32)}
     assert parse_detections(outputs, 0).classes.tolist() == [0, 0, 2]
+
+
+def test_a_classifier_batch_that_raises_fails_its_images_not_the_job(models_dir, image_dir,
+                                                                      tmp_path, monkeypatch):
+    import json
+
+    from tests.conftest import job_args, read_table
+    from transforms.classification import ClassifierModel
+
+    real_classify = ClassifierModel.classify
+
+    def classify(self, crops, preprocess_mode):
+        # Batches of 4 crops and 3 regions an image: each batch holds one image, and an
+        # image's regions always share a batch. a.png's first region is red.
+        if crops[0][..., 0].mean() > 200 and crops[0][..., 1].mean() < 50:
+            raise RuntimeError("injected classifier fault")
+        return real_classify(self, crops, preprocess_mode)
+
+    monkeypatch.setattr(ClassifierModel, "classify", classify)
+    output = tmp_path / "out"
+    metrics = run(job_args(models_dir, image_dir, output))
+    images = {os.path.basename(row["image_path"]): row for row in read_table(output, "images")}
+    failed = images["a.png"]
+    assert (failed["status"], failed["error_stage"], failed["num_detections"]) == (
+        "error", "classify", 0)
+    assert failed["error"].startswith("3 of 3 regions failed: ")
+    assert "injected classifier fault" in failed["error"]
+    assert [images[name]["status"] for name in ("b.png", "c d é.png")] == ["ok", "ok"]
+    assert images["broken.png"]["error_stage"] == "decode"
+    detections = read_table(output, "detections")
+    assert sorted({os.path.basename(row["image_path"]) for row in detections}) == [
+        "b.png", "c d é.png"]
+    assert len(detections) == 6
+    assert metrics["regions_failed_classify"] == 3
+    counts = json.loads((output / "run.json").read_text())["counts"]
+    assert (counts["regions_failed_classify"], counts["regions_kept"],
+            counts["regions_written"]) == (3, 9, 6)
+    assert counts["errors_by_stage"]["classify"] == 1
