@@ -127,7 +127,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
     failed_regions = ((rows[FAILED_REGIONS_TAG], failed_batches[FAILED_REGIONS_TAG])
                       | "FailedRegions" >> beam.Flatten()
                       | "CountFailedRegions" >> beam.CombineGlobally(sum))
-    # The run's counts, from the rows themselves (every runner can do this; not all report
+    # The run's counts, from the tables written (every runner can do this; not all report
     # metrics to the launcher).
     image_counts = (images_written["tables"]
                     | "CountImages" >> beam.CombineGlobally(CountImageRows()))
