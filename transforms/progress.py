@@ -18,6 +18,8 @@ from typing import Optional, TextIO
 
 import apache_beam as beam
 
+from transforms.records import STATUS_ERROR
+
 __all__ = ["CountProgress", "ProgressPrinter", "format_progress", "read_progress"]
 
 _WRITE_EVERY_S = 1.0
@@ -45,7 +47,7 @@ class CountProgress(beam.DoFn):
 
     def process(self, element):
         self._count += 1
-        if getattr(element, "status", None) == "error":
+        if getattr(element, "status", None) == STATUS_ERROR:
             self._errors += 1
         now = time.monotonic()
         if now - self._written_at >= _WRITE_EVERY_S:

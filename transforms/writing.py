@@ -74,23 +74,26 @@ class ToRowsFn(beam.DoFn):
 
     def process(self, result: PredictionResult) -> Iterator[object]:
         image, answers = result.example, result.inference
-        rows, errors = [], []
+        rows, errors, not_classified = [], [], 0
         for region, answer in zip(image.regions, answers):
             if answer is None:  # a detector class the classifier is not asked about
-                self._not_classified.inc()
+                not_classified += 1
                 rows.append(self._row(region, class_id=-1, label="", confidence=float("nan"),
                                       classified=False))
             elif answer.error is not None or not 0 <= answer.class_id < len(self._labels):
-                self._failed.inc()
                 errors.append(answer.error or f"class index {answer.class_id} has no label")
             else:
-                self._classified.inc()
                 rows.append(self._row(region, class_id=answer.class_id,
                                       label=self._labels[answer.class_id],
                                       confidence=answer.confidence, classified=True))
+        # Counted once an image, not once a region.
+        self._classified.inc(len(rows) - not_classified)
+        if not_classified:
+            self._not_classified.inc(not_classified)
         if rows:  # one element per image: its rows travel together to the writer
             yield rows
         if errors:
+            self._failed.inc(len(errors))
             yield beam.pvalue.TaggedOutput(FAILED_REGIONS_TAG, len(errors))
         yield beam.pvalue.TaggedOutput(IMAGES_TAG, image_row(image, errors))
 
