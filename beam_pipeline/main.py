@@ -127,8 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     # Missing required flags and bad values: argparse's usage line under this program's name
     # and exit 2 (Beam's own options are checked by run()).
-    job_parser().parse_known_args(argv)
-    verbose = any(word in ("--verbose", "--verbose=true", "--verbose=True") for word in argv)
+    parsed, _ = job_parser().parse_known_args(argv)
+    verbose = parsed.verbose  # the parsed value: --verbose=yes and --verbose=1 count too
     with quiet_startup(enabled=not verbose):
         from beam_pipeline.runs import ErrorGateFailed
         from beam_pipeline.validation import ConfigError

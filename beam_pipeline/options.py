@@ -29,118 +29,135 @@ def switch(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def _add(group, flag: str, label: str, **kwargs) -> None:
+    """Declares one option. ``label`` is its short name in the Flex Template's parameter list
+    (``beam_pipeline.option_docs`` generates that file and the options table from this parser:
+    the parser is the only declaration of an option, its default and its help)."""
+    group.add_argument(flag, **kwargs).label = label
+
+
+def _add_switch(group, flag: str, label: str, *, default: bool, help: str) -> None:
+    """An on/off option: bare (``--overwrite``) or with a value (``--overwrite=false``)."""
+    _add(group, flag, label, nargs="?", const=True, default=default, type=switch, help=help)
+
+
 class DetectClassifyOptions(PipelineOptions):
     """Options of ``python -m beam_pipeline``."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         group = parser.add_argument_group("beam-detect-classify")
-        group.add_argument(
-            "--input", required=True,
+        _add(
+            group, "--input", "Input images", required=True,
             help="Images to process: a glob ('data/*.jpg', 'gs://bucket/shots/**.png'), a folder "
                  "(its image files), or a manifest: a .txt file with one path per line or a "
                  ".csv file with a 'path' column. Any Beam filesystem (local, gs://, s3://).")
-        group.add_argument(
-            "--recursive", nargs="?", const=True, default=True, type=switch,
+        _add_switch(
+            group, "--recursive", "Read subfolders", default=True,
             help="A folder --input is read with all its subfolders (image files only, hidden "
                  "files and folders skipped); --recursive=false reads its top level only. "
                  "Globs and manifests are taken as given.")
-        group.add_argument(
-            "--output", required=True,
+        _add(
+            group, "--output", "Output folder", required=True,
             help="Output folder (any Beam filesystem); gets detections/ and images/ Parquet.")
-        group.add_argument(
-            "--overwrite", nargs="?", const=True, default=False, type=switch,
+        _add_switch(
+            group, "--overwrite", "Overwrite an earlier run", default=False,
             help="Replace the tables of an earlier run in --output (without it, such a run is "
                  "refused before any work starts). Also --overwrite=true|false.")
-        group.add_argument(
-            "--detector_model", default=DEFAULT_DETECTOR,
+        _add(
+            group, "--detector_model", "Detector SavedModel", default=DEFAULT_DETECTOR,
             help="TF2 Object Detection API SavedModel folder (serving_default signature). "
                  "Default: the bundled wafer-defect detector.")
-        group.add_argument(
-            "--detector_label_map", default=None,
+        _add(
+            group, "--detector_label_map", "Detector label map", default=None,
             help="OD API label_map.pbtxt for detector_label. Default: the bundled map with the "
                  "bundled detector, none (detector_label null) with another detector.")
-        group.add_argument(
-            "--classifier_model", default=DEFAULT_CLASSIFIER,
+        _add(
+            group, "--classifier_model", "Classifier model", default=DEFAULT_CLASSIFIER,
             help="Keras classifier (.keras, .h5 or SavedModel folder). Default: the bundled "
                  "wafer-defect classifier.")
-        group.add_argument(
-            "--classifier_labels", default=None,
+        _add(
+            group, "--classifier_labels", "Classifier labels", default=None,
             help="Labels file, one label per line in the classifier's output order. Default: "
                  "the bundled labels with the bundled classifier, else labels.txt beside the "
                  "model.")
-        group.add_argument(
-            "--min_score", type=float, default=None,
+        _add(
+            group, "--min_score", "Minimum detector score", type=float, default=None,
             help="Keep detections scoring at least this (0..1). Default: the threshold the "
                  "detector declares in <saved_model>/assets.extra/score_threshold.json (the "
                  "bundled detector does), else 0.5.")
-        group.add_argument(
-            "--max_detections", type=int, default=100,
+        _add(
+            group, "--max_detections", "Regions per image", type=int, default=100,
             help="Classify at most this many regions per image, highest scores first.")
-        group.add_argument(
-            "--crop_padding", type=float, default=0.0,
+        _add(
+            group, "--crop_padding", "Crop padding", type=float, default=0.0,
             help="Grow each box by this fraction of its height/width on each side before "
                  "cropping (0.1 = 10%% context).")
-        group.add_argument(
-            "--classifier_batch_size", type=int, default=DEFAULT_CLASSIFIER_BATCH,
+        _add(
+            group, "--classifier_batch_size", "Classifier batch size",
+            type=int, default=DEFAULT_CLASSIFIER_BATCH,
             help="Largest batch of crops per classifier call.")
-        group.add_argument(
-            "--classifier_preprocess", choices=sorted(PREPROCESS_MODES), default="unit",
+        _add(
+            group, "--classifier_preprocess", "Classifier input range",
+            choices=sorted(PREPROCESS_MODES), default="unit",
             help="Input range the classifier was trained on: unit = [0,1], raw = [0,255], "
                  "symmetric = [-1,1].")
-        group.add_argument(
-            "--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+        _add(
+            group, "--max_image_pixels", "Largest image (pixels)",
+            type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
             help="Refuse images larger than this many pixels, checked from the header before "
                  "decoding (decompression bombs).")
-        group.add_argument(
-            "--unsafe_keras_deserialization", nargs="?", const=True, default=False, type=switch,
+        _add_switch(
+            group, "--unsafe_keras_deserialization", "Allow Keras Lambda layers", default=False,
             help="Allow Keras models with Lambda layers (runs Python code stored in the model "
                  "file; only for models you trust). Also =true|false.")
-        group.add_argument(
-            "--model_copies", type=int, default=0,
+        _add(
+            group, "--model_copies", "Model copies per machine", type=int, default=0,
             help="Load this many copies of each model per machine, shared across processes "
                  "(0 = one per worker process, Beam's default).")
-        group.add_argument(
-            "--num_shards", type=int, default=0,
+        _add(
+            group, "--num_shards", "Parquet files per table", type=int, default=0,
             help="Parquet files per table (0 = let the runner decide).")
-        group.add_argument(
-            "--classify_detector_classes", default=None, metavar="IDS_OR_NAMES",
+        _add(
+            group, "--classify_detector_classes", "Detector classes to classify",
+            default=None, metavar="IDS_OR_NAMES",
             help="Crop and classify only regions of these detector classes (comma-separated "
                  "ids or label-map names, e.g. '1,3' or 'defect'). Other regions are still "
                  "written, with classified=false. Default: every class.")
-        group.add_argument(
-            "--tile_size", type=int, default=0,
+        _add(
+            group, "--tile_size", "Tile size (pixels)", type=int, default=0,
             help="Detect in overlapping square tiles of this many pixels and merge the boxes "
                  "(for large images with small objects; 0 = off: the whole image is one call).")
-        group.add_argument(
-            "--tile_overlap", type=float, default=0.2,
+        _add(
+            group, "--tile_overlap", "Tile overlap", type=float, default=0.2,
             help="Fraction of --tile_size that neighbouring tiles share, in [0, 0.5).")
-        group.add_argument(
-            "--tile_full_image", nargs="?", const=True, default=False, type=switch,
+        _add_switch(
+            group, "--tile_full_image", "Also detect on the whole image", default=False,
             help="With --tile_size, also run the whole image, so objects larger than a tile "
                  "are found too. Also =true|false.")
-        group.add_argument(
-            "--tile_batch_size", type=int, default=8,
+        _add(
+            group, "--tile_batch_size", "Tiles per detector call", type=int, default=8,
             help="Tiles per detector call when the detector's batch dimension is free.")
-        group.add_argument(
-            "--skip_done_in", action="append", default=None, metavar="GLOB",
+        _add(
+            group, "--skip_done_in", "Skip what earlier runs did",
+            action="append", default=None, metavar="GLOB",
             help="Earlier outputs (e.g. 'gs://b/results/*'; repeatable): skip every path that "
                  "a complete earlier run finished 'ok' with the same fingerprint (same models, "
                  "labels and row-changing options). Errors are processed again.")
-        group.add_argument(
-            "--sample", type=float, default=1.0,
+        _add(
+            group, "--sample", "Sample fraction", type=float, default=1.0,
             help="Process only this fraction (0..1] of the paths, chosen by a hash of each "
                  "path: the same paths on every runner and rerun.")
-        group.add_argument(
-            "--max_error_fraction", type=float, default=None,
+        _add(
+            group, "--max_error_fraction", "Error gate", type=float, default=None,
             help="Fail the job (exit 3) when errors / images read exceeds this (0..1), after "
                  "writing the rows and the run record. Default: no gate.")
-        group.add_argument(
-            "--progress", nargs="?", const=True, default=True, type=switch,
+        _add_switch(
+            group, "--progress", "Progress lines", default=True,
             help="Print a progress line to stderr every 10 s on the DirectRunner. "
                  "--progress=false turns it off.")
-        group.add_argument(
-            "--verbose", nargs="?", const=True, default=False, type=switch,
+        _add_switch(
+            group, "--verbose", "Verbose start-up logging", default=False,
             help="Show Beam's and TensorFlow's start-up logging (hidden by default: none of it "
                  "needs action; warnings and errors are always shown).")
 

@@ -151,8 +151,9 @@ def test_readme_flex_template_parameters_are_declared():
     declared = {param["name"] for param in metadata["parameters"]}
     actions = _beam_parser()._actions  # pylint: disable=protected-access
     beam_flags = {action.dest for action in actions}
-    runs = _commands(README.read_text(encoding="utf-8"), "flex-template run")
-    assert runs, "no gcloud dataflow flex-template run command in the README"
+    runs = [words for doc in DOCS
+            for words in _commands(doc.read_text(encoding="utf-8"), "flex-template run")]
+    assert len(runs) >= 2, "no gcloud dataflow flex-template run commands in the README and docs"
     for words in runs:
         names = [word.split("=", 2)[1] for word in words if word.startswith("--parameters=")]
         names += [words[i + 1].split("=", 1)[0] for i, word in enumerate(words[:-1])
