@@ -14,7 +14,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.ml.inference.base import PredictionResult
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.options.pipeline_options import PipelineOptions
+# Aliased so that pytest does not try to collect it as a test class.
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import GlobalWindow
 
@@ -60,6 +62,12 @@ PIXEL_BOXES = {"A": (8.0, 16.0, 32.0, 48.0), "B": (32.0, 64.0, 56.0, 112.0),
 SCORES = np.array([0.625, 0.875, 0.75, 0.25], np.float32)
 CLASSES = np.array([1, 2, 1, 3], np.int32)
 MIN_SCORE = 0.5
+
+
+def _pipeline() -> BeamTestPipeline:
+    """A TestPipeline whose options parse once beam_pipeline.options is imported (by another
+    test module in the same session): its --input and --output are required flags."""
+    return BeamTestPipeline(options=PipelineOptions(["--input=unused", "--output=unused"]))
 
 
 def _pixels() -> np.ndarray:
@@ -124,7 +132,7 @@ def test_crop_regions_routes_each_image_and_counts():
         degenerate,
         _detected("kept.png", BOXES, SCORES, CLASSES),
     ]
-    pipeline = TestPipeline()
+    pipeline = _pipeline()
     outputs = (pipeline | beam.Create(inputs)
                | "CropRegions" >> beam.ParDo(_crop_fn()).with_outputs(IMAGES_TAG,
                                                                       main="detected"))
@@ -155,7 +163,7 @@ def test_crop_regions_crops_kept_regions_in_score_order():
     # --classify_detector_classes 2 and --max_detections 2: the best two, class 1 not cropped.
     class_two = [("kept.png", [(PIXEL_BOXES["B"], 2, 0.875, GREEN),
                                (PIXEL_BOXES["C"], 1, 0.75, None)])]
-    with TestPipeline() as pipeline:
+    with _pipeline() as pipeline:
         detected = pipeline | beam.Create([_detected("kept.png", BOXES, SCORES, CLASSES)])
         every = detected | "CropAll" >> beam.ParDo(_crop_fn()).with_outputs(
             IMAGES_TAG, main="detected")
@@ -224,7 +232,7 @@ def test_to_rows_rows_images_rows_and_failed_counts():
         PredictionResult(_regions("no-label.png", 2),
                          [Classification(3, 0.875), Classification(-1, 0.875)]),
     ]
-    pipeline = TestPipeline()
+    pipeline = _pipeline()
     outputs = (pipeline | beam.Create(inputs)
                | "ToRows" >> beam.ParDo(_to_rows_fn()).with_outputs(
                    IMAGES_TAG, FAILED_REGIONS_TAG, main="detections"))
@@ -332,7 +340,7 @@ def test_rows_to_tables_in_a_pipeline_keeps_every_row_and_the_schema():
     rows = [_row(f"{i // 2}.png", i % 2, 1, 0, 0.5) for i in range(7)]
     # Elements: one list per image (as ToRows emits), and single dicts.
     elements = [rows[0:2], rows[2], rows[3:5], rows[5], [rows[6]]]
-    with TestPipeline() as pipeline:
+    with _pipeline() as pipeline:
         tables = (pipeline | beam.Create(elements)
                   | beam.ParDo(RowsToTablesFn(DETECTIONS_SCHEMA, rows_per_table=3)))
         # At most rows_per_table - 1 buffered plus one image's list (2 rows) in a table.
@@ -346,7 +354,7 @@ def _one_parquet_file(folder, files):
 
 def test_write_parquet_table_writes_the_rows_and_returns_tables_and_files(tmp_path):
     rows = [_image_dict("a.png"), _image_dict("b.png", STATUS_ERROR, "decode")]
-    with TestPipeline() as pipeline:
+    with _pipeline() as pipeline:
         written = (pipeline | beam.Create(rows)
                    | WriteParquetTable(str(tmp_path), "images", num_shards=1))
         assert_that(written["files"],
@@ -379,7 +387,7 @@ def test_count_rows_combine_globally():
     ]
     detection_tables = [_detections_table([True, False, True]), _detections_table([]),
                         _detections_table([False, True])]
-    with TestPipeline() as pipeline:
+    with _pipeline() as pipeline:
         images = (pipeline | "ImageTables" >> beam.Create(image_tables)
                   | "CountImages" >> beam.CombineGlobally(CountImageRows()))
         regions = (pipeline | "DetectionTables" >> beam.Create(detection_tables)
@@ -412,7 +420,7 @@ def test_skip_done_images_skips_only_ok_rows_of_this_fingerprint(tmp_path):
     # done.png is done in both earlier runs: skipped once.
     later = _write_done_table(tmp_path / "run2" / "images", [_image_dict("/in/done.png")])
     listed = ["/in/done.png", "/in/other-fingerprint.png", "/in/failed.png", "/in/new.png"]
-    pipeline = TestPipeline()
+    pipeline = _pipeline()
     outputs = (pipeline | beam.Create(listed)
                | "SkipDone" >> SkipDoneImages([earlier, later], "fp-1"))
     assert_that(outputs.todo, equal_to(["/in/other-fingerprint.png", "/in/failed.png",
