@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -112,6 +113,17 @@ def _gate_line(record: dict, output: str) -> str:
             f"{gate.get('max_error_fraction')}; rows and {output}/run.json are written")
 
 
+def _pixel_limit_flag(argv: Sequence[str]) -> Optional[str]:
+    """The value of ``--max_image_pixels`` in ``argv`` (the last one), or None."""
+    value = None
+    for i, word in enumerate(argv):
+        if word.startswith("--max_image_pixels="):
+            value = word.split("=", 1)[1]
+        elif word == "--max_image_pixels" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value if value is not None and value.strip().isdigit() else None
+
+
 def _wants_help(argv: Sequence[str]) -> bool:
     return any(word in ("-h", "--help") for word in argv)
 
@@ -120,16 +132,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command-line entry: exit 2 with one line on a configuration mistake (nothing ran),
     exit 3 with one line when the error gate fails (rows and run record written)."""
     argv = list(argv if argv is not None else sys.argv[1:])
-    from beam_pipeline.options import job_parser
-
-    if _wants_help(argv):
-        job_parser().print_help()
-        return
-    # Missing required flags and bad values: argparse's usage line under this program's name
-    # and exit 2 (Beam's own options are checked by run()).
-    job_parser().parse_known_args(argv)
     verbose = any(word in ("--verbose", "--verbose=true", "--verbose=True") for word in argv)
+    limit = _pixel_limit_flag(argv)
+    if limit is not None and "cv2" not in sys.modules:
+        # OpenCV reads its limit once, at import: set before anything imports cv2, so this
+        # process and the local worker processes it starts (they inherit the environment)
+        # decode by this run's limit. Remote workers keep their own environment's.
+        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(int(limit))
+    # The filters go in before anything imports Beam: it logs "apitools not found" at import.
     with quiet_startup(enabled=not verbose):
+        from beam_pipeline.options import job_parser
+
+        if _wants_help(argv):
+            job_parser().print_help()
+            return
+        # Missing required flags and bad values: argparse's usage line under this program's
+        # name and exit 2 (Beam's own options are checked by run()).
+        job_parser().parse_known_args(argv)
         from beam_pipeline.runs import ErrorGateFailed
         from beam_pipeline.validation import ConfigError
 
@@ -142,4 +161,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         except ErrorGateFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(EXIT_ERROR_GATE)
-

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms import DEFAULT_MAX_IMAGE_PIXELS
 from transforms.classification import DEFAULT_CLASSIFIER_BATCH, PREPROCESS_MODES
-from transforms.decoding import DEFAULT_MAX_IMAGE_PIXELS
 from transforms.model_files import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 
 __all__ = ["DetectClassifyOptions", "job_option_names", "job_parser", "switch", "unknown_flags"]

@@ -1,6 +1,7 @@
 """Start-up output no one can act on, hidden unless ``--verbose``.
 
-Hidden: TensorFlow's C++ INFO lines and its load-time notes (oneDNN, CPU instructions, and on
+Hidden: OpenCV's log lines (a failed decode is already a row with its reason); TensorFlow's
+C++ INFO lines and its load-time notes (oneDNN, CPU instructions, and on
 a machine with no GPU the CUDA lines, including a ``failed call to cuInit`` "error" that only
 says there is no GPU: see ``transforms.tf_runtime``); Beam's ``apitools not found`` and
 ``Resource module is not available`` (Beam logs the latter when one of its optional imports
@@ -46,6 +47,9 @@ def quiet_startup(*, enabled: bool = True) -> Iterator[None]:
     # TensorFlow's C++ INFO lines; its load-time noise is filtered by transforms.tf_runtime.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # OpenCV's own log lines (libtiff warnings, "imdecode_: can't read data"): every image
+    # it cannot decode is already a row with the reason. Read when cv2 is imported.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
     noise = _DropNoise()
     root = logging.getLogger()
     if not root.handlers:  # records of named loggers reach only handlers, never root's filters
