@@ -24,6 +24,19 @@ __all__ = [
 ]
 
 
+def _deflate_rows(row: bytes, count: int) -> list[bytes]:
+    """``row`` repeated ``count`` times, deflated in blocks of about 8 MB (never all at once)."""
+    compressor = zlib.compressobj(6)
+    per_block = max(1, (8 << 20) // len(row))
+    parts, left = [], count
+    while left:
+        rows = min(per_block, left)
+        parts.append(compressor.compress(row * rows))
+        left -= rows
+    parts.append(compressor.flush())
+    return parts
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(
         ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
@@ -32,12 +45,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def png_of_zeros(path: str, width: int, height: int) -> str:
     """An 8-bit RGB PNG of black pixels (97 KB at 10000x10000): compressed row by row, so
     building it never holds the decoded image."""
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (1 + 3 * width)  # filter byte 0, then the row's pixels
-    parts = []
-    for _ in range(height):
-        parts.append(compressor.compress(row))
-    parts.append(compressor.flush())
+    parts = _deflate_rows(b"\x00" * (1 + 3 * width), height)  # filter byte 0, then pixels
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     with open(path, "wb") as handle:
         handle.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
@@ -46,12 +54,12 @@ def png_of_zeros(path: str, width: int, height: int) -> str:
 
 
 def tiff_with_repeated_width(path: str, width: int = 20000, shown_width: int = 10,
-                             height: int = 20000) -> str:
+                             height: int = 20000, data_rows: int | None = None) -> str:
     """A deflate-compressed gray TIFF whose IFD lists ImageWidth twice: ``width`` (what
-    libtiff decodes by) then ``shown_width`` (what a parser that keeps the last value sees)."""
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * width
-    strip = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    libtiff decodes by) then ``shown_width`` (what a parser that keeps the last value sees).
+    389 KB with all its rows; ``data_rows`` writes only that many (a decoder that goes by the
+    header refuses it all the same, and it is built in no time)."""
+    strip = b"".join(_deflate_rows(b"\x00" * width, height if data_rows is None else data_rows))
     entries = [(256, 4, 1, width), (256, 4, 1, shown_width), (257, 4, 1, height),
                (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1), (273, 4, 1, 0),
                (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, len(strip))]
