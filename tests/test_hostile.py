@@ -442,3 +442,24 @@ def test_default_run_is_quiet_and_detects_on_tiny_images(tmp_path):
         (1, 1, "ok"), (17, 9, "ok"), (200, 100, "ok"), (5000, 1, "ok")]
     after = _tree(tmp_path)
     assert {path: info for path, info in after.items() if not path.startswith("out")} == around
+
+
+@pytest.mark.e2e
+def test_job_with_unreadable_earlier_runs_warns_and_processes_everything(tmp_path):
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    broken = _earlier_runs(earlier)
+    images = tmp_path / "images"
+    images.mkdir()
+    paths = [_png(images / f"{i}.png", 40, 60) for i in range(2)]
+    around = _tree(earlier)
+    done = subprocess.run([sys.executable, "-m", "beam_pipeline", "--input", str(images),
+                           "--output", str(tmp_path / "out"), "--skip_done_in",
+                           str(earlier / "*")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": REPO})
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == len(broken) and "Traceback" not in done.stderr
+    rows = pq.read_table(str(tmp_path / "out" / "images")).to_pylist()
+    assert sorted(r["image_path"] for r in rows) == sorted(paths)
+    assert _tree(earlier) == around
