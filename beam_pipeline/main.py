@@ -11,7 +11,7 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
-from beam_pipeline.quiet import quiet_startup
+from beam_pipeline.quiet import quiet_startup, quiet_worker_processes
 
 __all__ = ["main", "run"]
 
@@ -69,14 +69,17 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)
+    workers = local and any("multi_processing" in word for word in options.get_all_options(
+        retain_unknown_options=False).values() if isinstance(word, str))
     try:
-        if progress_folder:
-            with ProgressPrinter(progress_folder):
+        with quiet_worker_processes(enabled=workers and os.environ.get("BDC_VERBOSE") != "1"):
+            if progress_folder:
+                with ProgressPrinter(progress_folder):
+                    result = pipeline.run()
+                    result.wait_until_finish()
+            else:
                 result = pipeline.run()
                 result.wait_until_finish()
-        else:
-            result = pipeline.run()
-            result.wait_until_finish()
     except Exception as exc:
         record = _record_or_none(read_run_record, config.output)
         if record and not record.get("error_gate", {}).get("passed", True):

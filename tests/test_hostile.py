@@ -463,3 +463,40 @@ def test_job_with_unreadable_earlier_runs_warns_and_processes_everything(tmp_pat
     rows = pq.read_table(str(tmp_path / "out" / "images")).to_pylist()
     assert sorted(r["image_path"] for r in rows) == sorted(paths)
     assert _tree(earlier) == around
+
+
+def test_worker_processes_start_up_noise_is_dropped_and_errors_pass(capfd):
+    from beam_pipeline.quiet import quiet_worker_processes
+
+    worker = ("import sys\n"
+              "sys.stderr.write('INFO:__main__:Logging handler created.\\n')\n"
+              "sys.stderr.write('WARNING:root:apitools not found, and bigquery client ...\\n')\n"
+              "sys.stderr.write('WARNING:__main__:No semi_persistent_directory found\\n')\n"
+              "sys.stderr.write('ERROR:worker:something real\\nTraceback (most recent)\\n')\n")
+    with quiet_worker_processes():
+        subprocess.run([sys.executable, "-c", worker], check=True, timeout=60)
+        print("progress: 1/2 images", file=sys.stderr)
+    assert capfd.readouterr().err.splitlines() == [
+        "ERROR:worker:something real", "Traceback (most recent)", "progress: 1/2 images"]
+
+
+def test_an_object_over_the_byte_limit_is_refused_from_its_metadata_unread(monkeypatch):
+    import types
+
+    import transforms.reading
+
+    class Body:
+        raw = types.SimpleNamespace(_downloader=types.SimpleNamespace(size=8 << 30))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, *args):
+            raise AssertionError("the body was read")
+
+    monkeypatch.setattr(transforms.reading.FileSystems, "open", lambda *a, **k: Body())
+    (out,) = list(ReadAndDecodeFn().process("s3://bucket/huge.png"))
+    assert out.tag == FAILED_TAG and "more than any image within" in out.value.error

@@ -186,19 +186,22 @@ def max_file_bytes(max_pixels: int) -> int:
     return max_pixels * 4 + (16 << 20)
 
 
-def _listed_size(path: str) -> int | None:
-    """The file's size without reading it: stat for a local path, the filesystem's metadata
-    (an object store's HEAD) for others; None when it cannot be told."""
-    if "://" not in path or path.startswith("file://"):
-        try:
-            return os.stat(path.removeprefix("file://")).st_size
-        except OSError:
-            return None
+def _local_size(path: str) -> int | None:
+    """A local file's size from ``stat`` (None for other filesystems, or when it fails)."""
+    if "://" in path and not path.startswith("file://"):
+        return None
     try:
-        found = FileSystems.match([path])[0].metadata_list
-    except Exception:  # noqa: BLE001  # pylint: disable=broad-except
-        return None  # the read below reports why, with its retries
-    return found[0].size_in_bytes if found else None
+        return os.stat(path.removeprefix("file://")).st_size
+    except OSError:
+        return None
+
+
+def _opened_size(handle: Any) -> int | None:
+    """The object's size as the filesystem learnt it when opening (Beam's object-store
+    downloaders, ``filesystemio.Downloader.size``, ask for the metadata before any byte of
+    the body), or None."""
+    size = getattr(getattr(getattr(handle, "raw", None), "_downloader", None), "size", None)
+    return size if isinstance(size, int) else None
 
 
 def read_at_most(handle: Any, limit: int) -> bytes:
@@ -274,20 +277,25 @@ class ReadAndDecodeFn(beam.DoFn):
         if problem is not None:
             raise _ReadError(problem)
         limit = max_file_bytes(self._max_pixels)
-        size = _listed_size(path)
+        size = _local_size(path)
         if size is not None and size > limit:
             raise _ReadError(self._over_limit(limit))
 
         def read() -> bytes:
             with FileSystems.open(path, compression_type="uncompressed") as handle:
-                if size is not None:  # one allocation of the known size (+1 tells it grew)
-                    return handle.read(size + 1) if size < limit else read_at_most(handle, limit)
+                known = size if size is not None else _opened_size(handle)
+                if known is not None and known > limit:
+                    raise _ReadError(self._over_limit(limit))  # from metadata, body unread
+                if known is not None:  # one allocation of the known size (+1 tells it grew)
+                    return handle.read(known + 1)
                 return read_at_most(handle, limit)
 
         try:
             # On top of the filesystem's own retries: what still fails transiently (a reset
             # mid-body, throttling, a network mount's EIO) gets a few more tries.
             data = call_with_retries(read, self._retry, on_retry=lambda _: self._retries.inc())
+        except _ReadError:
+            raise
         except Exception as exc:  # pylint: disable=broad-except
             raise _ReadError(_read_error_message(exc, self._retry.attempts)) from exc
         if len(data) > limit:
