@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import sys
 import tempfile
 import time
 from typing import Optional, Sequence
 
-from beam_pipeline.quiet import quiet_startup
+from beam_pipeline.early_flags import early_flags
+from beam_pipeline.quiet import quiet_startup, quiet_worker_processes
 
 __all__ = ["main", "run"]
 
@@ -68,14 +70,17 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)
+    workers = local and any("multi_processing" in word for word in options.get_all_options(
+        retain_unknown_options=False).values() if isinstance(word, str))
     try:
-        if progress_folder:
-            with ProgressPrinter(progress_folder):
+        with quiet_worker_processes(enabled=workers and os.environ.get("BDC_VERBOSE") != "1"):
+            if progress_folder:
+                with ProgressPrinter(progress_folder):
+                    result = pipeline.run()
+                    result.wait_until_finish()
+            else:
                 result = pipeline.run()
                 result.wait_until_finish()
-        else:
-            result = pipeline.run()
-            result.wait_until_finish()
     except Exception as exc:
         record = _record_or_none(read_run_record, config.output)
         if record and not record.get("error_gate", {}).get("passed", True):
@@ -120,16 +125,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command-line entry: exit 2 with one line on a configuration mistake (nothing ran),
     exit 3 with one line when the error gate fails (rows and run record written)."""
     argv = list(argv if argv is not None else sys.argv[1:])
-    from beam_pipeline.options import job_parser
-
-    if _wants_help(argv):
-        job_parser().print_help()
-        return
-    # Missing required flags and bad values: argparse's usage line under this program's name
-    # and exit 2 (Beam's own options are checked by run()).
-    parsed, _ = job_parser().parse_known_args(argv)
-    verbose = parsed.verbose  # the parsed value: --verbose=yes and --verbose=1 count too
+    flags = early_flags(argv)
+    verbose = flags.verbose  # the parsed value: --verbose=yes and --verbose=1 count too
+    if flags.max_image_pixels is not None and flags.max_image_pixels > 0 \
+            and "cv2" not in sys.modules:
+        # OpenCV reads its limit once, at import: set before anything imports cv2, so this
+        # process and the local worker processes it starts (they inherit the environment)
+        # decode by this run's limit. Remote workers keep their own environment's.
+        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(flags.max_image_pixels)
+    # The filters go in before anything imports Beam: it logs "apitools not found" at import.
     with quiet_startup(enabled=not verbose):
+        from beam_pipeline.options import job_parser
+
+        if _wants_help(argv):
+            job_parser().print_help()
+            return
+        # Missing required flags and bad values: argparse's usage line under this program's
+        # name and exit 2 (Beam's own options are checked by run()).
+        job_parser().parse_known_args(argv)
         from beam_pipeline.runs import ErrorGateFailed
         from beam_pipeline.validation import ConfigError
 
@@ -142,4 +155,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         except ErrorGateFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(EXIT_ERROR_GATE)
-

@@ -7,26 +7,12 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipeline.early_flags import switch
+from transforms import DEFAULT_MAX_IMAGE_PIXELS
 from transforms.classification import DEFAULT_CLASSIFIER_BATCH, PREPROCESS_MODES
-from transforms.decoding import DEFAULT_MAX_IMAGE_PIXELS
 from transforms.model_files import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 
 __all__ = ["DetectClassifyOptions", "job_option_names", "job_parser", "switch", "unknown_flags"]
-
-
-def switch(value: str) -> bool:
-    """Parses the value of an on/off flag given as ``--name=value``.
-
-    The job's on/off flags work bare (``--overwrite``) and with a value (``--overwrite=true``):
-    a Dataflow Flex Template launcher passes every parameter as ``--name=value``, which a plain
-    ``store_true`` flag refuses.
-    """
-    word = str(value).strip().lower()
-    if word in ("true", "1", "yes"):
-        return True
-    if word in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def _add(group, flag: str, label: str, **kwargs) -> None:

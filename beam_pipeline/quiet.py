@@ -1,6 +1,7 @@
 """Start-up output no one can act on, hidden unless ``--verbose``.
 
-Hidden: TensorFlow's C++ INFO lines and its load-time notes (oneDNN, CPU instructions, and on
+Hidden: OpenCV's log lines (a failed decode is already a row with its reason); TensorFlow's
+C++ INFO lines and its load-time notes (oneDNN, CPU instructions, and on
 a machine with no GPU the CUDA lines, including a ``failed call to cuInit`` "error" that only
 says there is no GPU: see ``transforms.tf_runtime``); Beam's ``apitools not found`` and
 ``Resource module is not available`` (Beam logs the latter when one of its optional imports
@@ -12,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import threading
 from collections.abc import Iterator
 
-__all__ = ["NOISE", "quiet_startup"]
+__all__ = ["NOISE", "WORKER_NOISE", "quiet_startup", "quiet_worker_processes"]
 
 # Substrings of Python log messages that carry no action for the user.
 NOISE = (
@@ -24,6 +27,47 @@ NOISE = (
     "No module named 'google.cloud'",
     "Unable to fetch remote workers",
 )
+
+
+# What Beam's local worker processes (multi_processing) write to the stderr they inherit
+# without being asked: their start-up INFO lines, and warnings no one can act on.
+WORKER_NOISE = (*NOISE, "semi_persistent_directory")
+
+
+def _worker_noise(line: str) -> bool:
+    return line.startswith("INFO:") or any(text in line for text in WORKER_NOISE)
+
+
+@contextlib.contextmanager
+def quiet_worker_processes(*, enabled: bool = True) -> Iterator[None]:
+    """Points file descriptor 2 (which child processes inherit) at a pipe for the duration,
+    and forwards every line to the real stderr but the worker processes' start-up noise
+    (``WORKER_NOISE`` and their INFO lines); errors and tracebacks pass."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not _worker_noise(line.decode("utf-8", "replace")):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=pump, name="quiet-workers", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe closes once the worker processes, gone by now, let go
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            os.close(saved)
 
 
 class _DropNoise(logging.Filter):
@@ -46,6 +90,9 @@ def quiet_startup(*, enabled: bool = True) -> Iterator[None]:
     # TensorFlow's C++ INFO lines; its load-time noise is filtered by transforms.tf_runtime.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # OpenCV's own log lines (libtiff warnings, "imdecode_: can't read data"): every image
+    # it cannot decode is already a row with the reason. Read when cv2 is imported.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
     noise = _DropNoise()
     root = logging.getLogger()
     if not root.handlers:  # records of named loggers reach only handlers, never root's filters

@@ -48,6 +48,7 @@ __all__ = [
     "run_counts",
     "run_identity",
     "table_files",
+    "table_problem",
     "write_run_record",
 ]
 
@@ -74,6 +75,11 @@ def content_digest(path: str) -> str:
     By content, not location: the same model copied to another folder or bucket has the same
     digest. ``path`` must be local (object-store models are copied once by validation).
     """
+    from transforms.model_files import local_model_problem
+
+    problem = local_model_problem(path)  # a device or FIFO would never end or never answer
+    if problem is not None:
+        raise ValueError(problem)
     digest = hashlib.sha256()
     if os.path.isdir(path):
         for root, dirs, files in os.walk(path):
@@ -226,20 +232,109 @@ def finish_run(_, output: str, record: Mapping[str, Any], image_counts: Mapping[
             f"over --max_error_fraction={max_error_fraction} (run recorded in {output}/run.json)")
 
 
+# A run record is a few KB; anything much larger or deeper is not one (and must not cost memory).
+MAX_RECORD_BYTES = 1 << 20
+MAX_RECORD_DEPTH = 16
+# Fields a record must have, with their types, to be trusted.
+_RECORD_FIELDS = {"run_id": str, "status": str}
+_OPTIONAL_OBJECTS = ("counts", "error_gate", "models", "options", "skip_done_in")
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_RECORD_DEPTH:
+            break
+        children = item.values() if isinstance(item, dict) else item if isinstance(
+            item, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _file_size(path: str) -> Optional[int]:
+    found = FileSystems.match([path])[0].metadata_list
+    return found[0].size_in_bytes if found else None
+
+
 def read_run_record(output: str) -> Optional[dict[str, Any]]:
-    """The run record of ``output``, or None when there is none. Raises ValueError when it
-    exists but cannot be read as a record of a known version."""
+    """The run record of ``output``, or None when there is none. Raises ValueError (one line
+    that never quotes the file's bytes) when it exists but is not a small JSON object of the
+    known version and shape: over MAX_RECORD_BYTES (checked from its size before reading),
+    nested deeper than MAX_RECORD_DEPTH, not a regular file, or missing its fields."""
+    from transforms.reading import local_file_problem
+
     path = FileSystems.join(output.rstrip("/"), RUN_RECORD)
     try:
         if not FileSystems.exists(path):
             return None
+        problem = local_file_problem(path)
+        if problem is not None:
+            raise ValueError(f"{path} cannot be read: {problem}")
+        size = _file_size(path)
+        if size is not None and size > MAX_RECORD_BYTES:
+            raise ValueError(f"{path} is {size} bytes, over the {MAX_RECORD_BYTES} of any run "
+                             "record")
         with FileSystems.open(path, compression_type="uncompressed") as handle:
-            record = json.loads(handle.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} cannot be read: {type(exc).__name__}: {exc}") from exc
+            data = handle.read(MAX_RECORD_BYTES + 1)
+        if len(data) > MAX_RECORD_BYTES:
+            raise ValueError(f"{path} is over the {MAX_RECORD_BYTES} bytes of any run record")
+        record = json.loads(data.decode("utf-8"))
+    except RecursionError as exc:
+        raise ValueError(f"{path} is nested too deeply to be a run record") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON (at line {exc.lineno}, column "
+                         f"{exc.colno})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (at byte {exc.start})") from exc
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read: {type(exc).__name__}") from exc
     if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
         raise ValueError(f"{path} is not a run record of version {RECORD_VERSION}")
+    if _depth(record) > MAX_RECORD_DEPTH:
+        raise ValueError(f"{path} is nested deeper than {MAX_RECORD_DEPTH} levels: not a run "
+                         "record")
+    wrong = [name for name, kind in _RECORD_FIELDS.items()
+             if not isinstance(record.get(name), kind)]
+    wrong += [name for name in ("fingerprint", "started", "ended")
+              if record.get(name) is not None and not isinstance(record[name], str)]
+    wrong += [name for name in _OPTIONAL_OBJECTS
+              if record.get(name) is not None and not isinstance(record[name], dict)]
+    if wrong:
+        raise ValueError(f"{path} is not a run record of this job (wrong or missing: "
+                         f"{', '.join(wrong)})")
     return record
+
+
+# Columns a complete run's tables must have for the skip, the report and the latest view.
+_NEEDED_COLUMNS = {"images": ("image_path", "status", "run_id", "fingerprint"),
+                   "detections": ("image_path", "run_id")}
+
+
+def table_problem(output: str, table: str) -> Optional[str]:
+    """Why a table of a complete run cannot be read (a part file that is not Parquet, cut
+    short, not a regular file, or lacks the columns read), or None. Reads each file's footer
+    only, not its rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from transforms.reading import local_file_problem
+
+    for metadata in FileSystems.match([table_files(output, table)])[0].metadata_list:
+        name = metadata.path.rsplit("/", 1)[-1]
+        problem = local_file_problem(metadata.path)
+        if problem is not None:
+            return f"{table}/{name}: {problem}"
+        try:
+            with FileSystems.open(metadata.path, compression_type="uncompressed") as handle:
+                names = pq.ParquetFile(handle).schema_arrow.names
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            return f"{table}/{name} is not a readable Parquet file ({type(exc).__name__})"
+        missing = [column for column in _NEEDED_COLUMNS[table] if column not in names]
+        if missing:
+            return f"{table}/{name} lacks the columns {', '.join(missing)}"
+    return None
 
 
 def _candidate_folders(patterns: Iterable[str]) -> list[str]:
@@ -255,12 +350,14 @@ def _candidate_folders(patterns: Iterable[str]) -> list[str]:
 
 
 def complete_outputs(patterns: Sequence[str], *, warn: bool = True,
-                     exclude: Sequence[str] = ()) -> list[tuple[str, dict[str, Any]]]:
+                     exclude: Sequence[str] = (),
+                     tables: Sequence[str] = writing.TABLES) -> list[tuple[str, dict[str, Any]]]:
     """``(output folder, record)`` of every complete run matching the globs, oldest first.
 
     Folders without a record, or whose record says anything but complete, are not finished
-    runs and are skipped silently; an unreadable record or one of an unknown version is skipped
-    with one warning line (``warn``).
+    runs and are skipped silently; an unreadable record, one of an unknown version, or a
+    complete run one of whose ``tables`` cannot be read is skipped with one warning line
+    (``warn``): treated as not done, never fatal.
     """
     excluded = {_normal(path) for path in exclude}
     found = []
@@ -271,10 +368,18 @@ def complete_outputs(patterns: Sequence[str], *, warn: bool = True,
             record = read_run_record(folder)
         except ValueError as exc:
             if warn:
-                print(f"warning: ignoring {folder}: {exc}", file=sys.stderr)
+                print(f"warning: ignoring {folder} (treated as not done): {exc}",
+                      file=sys.stderr)
             continue
-        if record is not None and record.get("status") == "complete":
-            found.append((folder, record))
+        if record is None or record.get("status") != "complete":
+            continue
+        problem = next(filter(None, (table_problem(folder, table) for table in tables)), None)
+        if problem is not None:
+            if warn:
+                print(f"warning: ignoring {folder} (treated as not done): {problem}",
+                      file=sys.stderr)
+            continue
+        found.append((folder, record))
     return sorted(found, key=lambda item: item[1].get("run_id", ""))
 
 

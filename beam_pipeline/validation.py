@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import posixpath
+import sys
 import uuid
 from typing import Optional
 
@@ -10,9 +12,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.pipeline import JobConfig
-from beam_pipeline.runs import complete_outputs, run_identity, table_files
+from beam_pipeline.runs import complete_outputs, read_run_record, run_identity, table_files
 from beam_pipeline.storage import storage_problem
-from transforms.labels import read_label_map, read_labels
+from transforms.labels import LabelError, read_label_map, read_labels
 from transforms.model_files import (
     DEFAULT_CLASSIFIER,
     DEFAULT_CLASSIFIER_LABELS,
@@ -21,6 +23,7 @@ from transforms.model_files import (
     SCORE_THRESHOLD_FILE,
     is_local_path,
     local_model_path,
+    local_model_problem,
     model_exists,
     read_score_threshold,
     resolve_model_path,
@@ -31,13 +34,21 @@ from transforms.reading import (
     InputSpec,
     first_manifest_path,
     listed_kind,
+    local_file_problem,
     resolve_input,
 )
 from transforms.tf_runtime import configure_tensorflow
 from transforms.tiles import TilingConfig
-from transforms.writing import RUN_RECORD, TABLES, delete_tables
+from transforms.writing import (
+    OUTPUT_NAMES,
+    RUN_RECORD,
+    TABLES,
+    delete_tables,
+    list_output,
+)
 
-__all__ = ["ConfigError", "check_input", "check_output", "validate"]
+__all__ = ["ConfigError", "check_input", "check_output", "check_output_location",
+           "input_locations", "validate"]
 
 
 class ConfigError(ValueError):
@@ -82,28 +93,123 @@ def _check_numbers(opts: DetectClassifyOptions) -> None:
                           "0 and 1")
 
 
-def check_output(output: str, *, overwrite: bool) -> None:
-    """Refuses an output folder that holds an earlier run's tables, complete or not (unless
-    ``overwrite``) and proves the folder is writable by writing and deleting a probe file.
+def _is_root(output: str) -> bool:
+    if is_local_path(output):
+        path = os.path.realpath(output.removeprefix("file://") or ".")
+        return os.path.dirname(path) == path
+    _, _, rest = output.partition("://")
+    return "/" not in rest.strip("/")  # s3://bucket, gs://bucket/: the bucket itself
 
-    Nothing is deleted here: ``validate`` deletes the earlier tables only once every other check
-    has passed, so a configuration mistake never costs an earlier run's results.
+
+def _comparable(path: str) -> str:
+    """A path to compare folders by: local paths absolute with links resolved."""
+    if is_local_path(path):
+        return os.path.realpath(path.removeprefix("file://") or ".").rstrip("/") or "/"
+    return path.rstrip("/")
+
+
+def input_locations(spec: InputSpec) -> list[tuple[str, bool]]:
+    """What an input reads, for the output-overlap check: ``(location, reaches_below)``. A
+    folder reaches below itself (``reaches_below``); a glob is its folder before the first
+    wildcard, reaching below it when a wildcard can match folders too (``**``, or one before
+    the last ``/``); a single file or a manifest is the file itself, plus a manifest's first
+    listed path's folder (not reaching below it)."""
+    if spec.kind == "manifest":
+        first = first_manifest_path(spec)
+        return [(spec.location, False)] + ([(posixpath.dirname(first), False)] if first else [])
+    if spec.root is not None:
+        return [(spec.root, True)]
+    location = spec.location
+    cuts = [location.find(char) for char in "*?[" if char in location]
+    if not cuts:
+        return [(location, False)]
+    folder = posixpath.dirname(location[:min(cuts)]) or "."
+    reaches = "**" in location or "/" in location[min(cuts):]
+    return [(folder, reaches)]
+
+
+def check_output_location(output: str, spec: InputSpec) -> None:
+    """Refuses a filesystem root or bucket, and an output that equals or contains what the
+    input reads, or lies inside a folder it reads recursively: deleting or listing there
+    would reach the user's images."""
+    if _is_root(output):
+        raise ConfigError(f"--output {output} is a filesystem root or a bucket's top; give a "
+                          "folder of its own (for example results/run-1)")
+    out = _comparable(output)
+    for location, reaches_below in input_locations(spec):
+        where = _comparable(location)
+        if out == where:
+            relation = f"is the input {location}"
+        elif where.startswith(out.rstrip("/") + "/"):
+            relation = f"contains the input {location}"
+        elif reaches_below and out.startswith(where.rstrip("/") + "/"):
+            relation = f"lies inside the input folder {location}"
+        else:
+            continue
+        raise ConfigError(f"--output {output} {relation}; the job never writes where it "
+                          "reads: choose an --output outside the input (nothing was touched)")
+
+
+def _job_output_shown(output: str, listing) -> tuple[bool, Optional[str]]:
+    """Whether ``output`` shows it is this job's output (a readable run record, or part files)
+    and the record's state for messages."""
+    try:
+        record = read_run_record(output)
+    except ValueError:
+        record = None
+    if record is not None:
+        return True, "finished" if record.get("status") == "complete" else "unfinished"
+    return listing.parts > 0, f"unfinished, no {RUN_RECORD}"
+
+
+def _few(paths: list[str], limit: int = 5) -> str:
+    shown = ", ".join(paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def check_output(output: str, *, overwrite: bool) -> None:
+    """Refuses an output folder that holds an earlier run of this job (unless ``overwrite``),
+    one that holds names this job writes (``run.json``, ``_SUCCESS``, ``detections/``,
+    ``images/``) without showing it is this job's output, or one where those names are links;
+    then proves the folder is writable by writing and deleting a probe file.
+
+    Nothing is deleted here: ``validate`` deletes the earlier run's files only once every other
+    check has passed, so a configuration mistake never costs an earlier run's results.
     """
-    if is_local_path(output) and os.path.isfile(output.removeprefix("file://")):
+    local = output.removeprefix("file://") if is_local_path(output) else None
+    if local is not None and os.path.isfile(local):
         raise ConfigError(f"--output {output} is a file; --output names a folder (it gets "
                           "detections/, images/ and run.json): choose another path")
-    existing = [FileSystems.join(output, t) for t in TABLES
-                if FileSystems.match([FileSystems.join(output, t, "*")])[0].metadata_list]
-    if existing and not overwrite:
-        complete = FileSystems.exists(FileSystems.join(output, RUN_RECORD))
-        state = "finished" if complete else f"unfinished, no {RUN_RECORD}"
+    if local is not None:
+        links = [name for name in OUTPUT_NAMES if os.path.islink(os.path.join(local, name))]
+        if links:
+            raise ConfigError(f"--output {output} has {', '.join(links)} as a symbolic link; the "
+                              "job never writes or deletes through links: choose another --output")
+    listing = list_output(output)
+    ours_shown, state = _job_output_shown(output, listing)
+
+    def top(path: str) -> str:  # the first name below output
+        relative = os.path.relpath(path, local) if local is not None \
+            else path[len(output.rstrip("/")) + 1:]
+        return relative.replace(os.sep, "/").split("/", 1)[0]
+
+    claimed = [path for path in listing.others if top(path) in OUTPUT_NAMES]
+    if not ours_shown and (listing.ours or claimed):
+        raise ConfigError(
+            f"--output {output} holds {_few(listing.ours + claimed)}, which this job did not "
+            f"write (no run record of this job, no part-*.parquet files): choose another "
+            "--output; nothing was deleted")
+    if ours_shown and not overwrite:
+        tables = sorted({top(path) for path in listing.ours} & set(TABLES))
+        existing = [FileSystems.join(output, table) for table in tables] or [
+            FileSystems.join(output, RUN_RECORD)]
         raise ConfigError(f"--output {output} already holds a run's tables ({state}: "
                           f"{', '.join(existing)}); pass --overwrite to replace them, or "
                           "choose another --output")
     probe = FileSystems.join(output, f".write-probe-{uuid.uuid4().hex}")
     try:
-        if is_local_path(output):
-            os.makedirs(output, exist_ok=True)
+        if local is not None:
+            os.makedirs(local, exist_ok=True)
         with FileSystems.create(probe) as handle:
             handle.write(b"ok")
         FileSystems.delete([probe])
@@ -123,6 +229,10 @@ def check_input(opts_input: str, *, recursive: bool = True) -> InputSpec:
         raise ConfigError("--input is empty; pass a glob, a folder or a manifest file")
     if opts_input.lower().endswith(MANIFEST_EXTENSIONS) and not FileSystems.exists(opts_input):
         raise ConfigError(f"--input manifest {opts_input} does not exist; check the path")
+    if opts_input.lower().endswith(MANIFEST_EXTENSIONS) and "*" not in opts_input:
+        problem = local_file_problem(opts_input)  # a FIFO would block the first read
+        if problem is not None:
+            raise ConfigError(f"--input manifest {opts_input}: {problem}")
     try:
         spec = resolve_input(opts_input, recursive=recursive)
     except (ValueError, OSError) as exc:
@@ -168,6 +278,9 @@ def _detector_labels(opts: DetectClassifyOptions) -> Optional[dict[int, str]]:
     if not _exists(label_map):
         raise ConfigError(f"--detector_label_map {label_map} does not exist; pass an OD API "
                           "label_map.pbtxt or leave the option out")
+    problem = local_file_problem(resolve_model_path(label_map))
+    if problem is not None:
+        raise ConfigError(f"--detector_label_map {label_map}: {problem}")
     try:
         return read_label_map(resolve_model_path(label_map))
     except ValueError as exc:
@@ -228,12 +341,23 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
     labels_path = _classifier_labels_path(opts)
     if not _exists(labels_path):
         raise ConfigError(f"--classifier_labels {labels_path} does not exist")
+    problem = local_file_problem(resolve_model_path(labels_path))
+    if problem is not None:
+        raise ConfigError(f"--classifier_labels {labels_path}: {problem}")
     try:
         labels = read_labels(resolve_model_path(labels_path))
+    except LabelError as exc:
+        raise ConfigError(f"--classifier_labels {labels_path}: {exc}") from exc
     except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
         raise ConfigError(f"--classifier_labels {labels_path} cannot be read as UTF-8 text, one "
                           f"label per line: {str(exc).splitlines()[0]}") from exc
+    check_output_location(opts.output, spec)
     check_output(opts.output, overwrite=opts.overwrite)
+    for flag, path in (("--detector_model", opts.detector_model),
+                       ("--classifier_model", opts.classifier_model)):
+        problem = local_model_problem(local_model_path(path))  # before anything opens a file
+        if problem is not None:
+            raise ConfigError(f"{flag}: {problem}")
     configure_tensorflow()  # loads TensorFlow once, its start-up noise filtered
     try:
         detector = DetectorModel(local_model_path(opts.detector_model))
@@ -268,8 +392,11 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
     done = complete_outputs(opts.skip_done_in or [], exclude=[opts.output])
     done = [(folder, record) for folder, record in done
             if record.get("fingerprint") == identity.fingerprint]
-    if opts.overwrite:  # every check passed: now the earlier run's tables may go
-        delete_tables(opts.output)
+    if opts.overwrite:  # every check passed: now the earlier run's files may go
+        left = delete_tables(opts.output)
+        if left:
+            print(f"note: --overwrite deleted only this job's files in {opts.output}; left "
+                  f"alone: {_few(left)}", file=sys.stderr)
     record = {**identity.record, "skip_done_in": {
         "patterns": list(opts.skip_done_in or []),
         "complete_runs_with_this_fingerprint": [folder for folder, _ in done]}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import transforms  # noqa: F401, I001  (OpenCV's pixel limit, set before cv2 is imported)
 import cv2
 import numpy as np
 import pyarrow.dataset as ds

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Optional
 
 import cv2
 import numpy as np
 
+from transforms import DEFAULT_MAX_IMAGE_PIXELS
+
 __all__ = [
+    "ACCEPTED_FORMATS",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DecodeError",
+    "decoder_pixel_limit",
     "decode_image",
     "image_format",
     "image_size_from_header",
 ]
 
-# 100 megapixels: a 10000x10000 RGB image is 300 MB decoded, well inside one worker's memory.
-DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+# What the job decodes, recognised by content (``image_format``). Anything else OpenCV would
+# sniff and decode (Radiance HDR, PFM, OpenEXR, JPEG 2000, Sun raster, ...) is refused before
+# any decoder sees it, whatever the file is named.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WebP", "BMP", "TIFF", "GIF", "PNM")
 
 _JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
@@ -86,7 +93,9 @@ def _tiff_size(data: bytes) -> Optional[tuple[int, int]]:
         tag, kind = struct.unpack(order + "HH", data[pos:pos + 4])
         if tag in (256, 257) and kind in (3, 4, 16):  # ImageWidth, ImageLength: SHORT/LONG/LONG8
             fmt = {3: "H", 4: "I", 16: "Q"}[kind]
-            (size[tag],) = struct.unpack_from(order + fmt, data, pos + value_at)
+            (value,) = struct.unpack_from(order + fmt, data, pos + value_at)
+            # A tag listed twice: keep the largest, whichever one the decoder goes by.
+            size[tag] = max(value, size.get(tag, 0))
         pos += entry_size
     if 256 in size and 257 in size:
         return size[256], size[257]
@@ -165,14 +174,28 @@ def image_size_from_header(data: bytes) -> Optional[tuple[int, int]]:
 
 def _not_an_image_hint(data: bytes) -> str:
     head = data[:16]
-    for magic, name in ((b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"),
+    for magic, name in ((b"#?RADIANCE", "a Radiance HDR image"),
+                        (b"#?RGBE", "a Radiance HDR image"),
+                        (b"PF\n", "a PFM float image"), (b"Pf\n", "a PFM float image"),
+                        (b"v/1\x01", "an OpenEXR image"),
+                        (b"\x00\x00\x00\x0cjP", "a JPEG 2000 image"),
+                        (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"),
                         (b"\x1f\x8b", "gzip data"), (b"<", "HTML or XML text"),
                         (b"{", "JSON text")):
         if head.lstrip().startswith(magic):
             return f"it looks like {name}"
     if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
         return "it looks like text"
-    return f"it starts with {head!r}"
+    return "its first bytes match no image format"  # never quote a file's bytes
+
+
+def decoder_pixel_limit() -> int:
+    """OpenCV's own pixel limit in this process (``OPENCV_IO_MAX_IMAGE_PIXELS`` as it was
+    when cv2 was imported; 2**30 when unset or not a number, as OpenCV does)."""
+    try:
+        return int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", ""))
+    except ValueError:
+        return 1 << 30
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -181,12 +204,22 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
     Grayscale, alpha, palette, CMYK and 16-bit inputs all come out as 8-bit RGB, and EXIF
     orientation is applied (OpenCV's ``IMREAD_COLOR_RGB``).
 
+    Two guards before any pixel is allocated: OpenCV's own limit (the decoder's reading of
+    the header, set in every process by ``transforms``), and this run's ``max_pixels`` from
+    our header parser (which skips decoding when the header is honest). The decoded size is
+    checked against ``max_pixels`` again, exactly.
+
     Raises:
-        DecodeError: empty input, a header over ``max_pixels``, or bytes OpenCV cannot decode.
+        DecodeError: empty input, a format the job does not accept, a header over
+            ``max_pixels``, or bytes OpenCV cannot decode.
     """
     if not data:
         raise DecodeError("file is empty (0 bytes)")
     kind = image_format(data)
+    if kind is None:
+        raise DecodeError(
+            f"not a supported image format ({_not_an_image_hint(data)}); expected "
+            f"{', '.join(ACCEPTED_FORMATS[:-1])} or {ACCEPTED_FORMATS[-1]}")
     size = image_size_from_header(data)
     if size is not None and size[0] * size[1] > max_pixels:
         raise DecodeError(
@@ -198,14 +231,12 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
         pixels = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB)
     except cv2.error as exc:
         if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
-            raise DecodeError("image is larger than OpenCV's own limit of 2**30 pixels "
-                              "(CV_IO_MAX_IMAGE_PIXELS)") from exc
+            raise DecodeError(
+                f"{kind} is larger than the decoder's limit of {decoder_pixel_limit()} pixels "
+                "(OPENCV_IO_MAX_IMAGE_PIXELS in the worker's environment; --max_image_pixels "
+                "sets it for local runs)") from exc
         raise DecodeError(f"OpenCV could not decode it: {str(exc).strip()}") from exc
     if pixels is None or pixels.size == 0:
-        if kind is None:
-            raise DecodeError(
-                f"not a supported image format ({_not_an_image_hint(data)}); expected PNG, "
-                "JPEG, WebP, BMP, TIFF, GIF or PNM")
         raise DecodeError(f"truncated or corrupt {kind}: OpenCV could not decode its "
                           f"{len(data)} bytes (copy or export the file again)")
     if pixels.shape[0] * pixels.shape[1] > max_pixels:

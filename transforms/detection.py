@@ -25,7 +25,9 @@ __all__ = [
     "DetectorInput",
     "DetectorModel",
     "ObjectDetectionModelHandler",
+    "MIN_DETECTOR_SIDE",
     "encode_png",
+    "pad_for_detector",
     "parse_detections",
     "recognise_input",
     "tf_example_bytes",
@@ -38,6 +40,10 @@ _READ_KEYS = (*OD_API_OUTPUT_KEYS, "num_detections")
 # Decoded images held per detector batch; only same-size images of a batchable model share a call.
 DEFAULT_DETECTOR_BATCH = 4
 
+# Detectors that pad to a stride fail on smaller images (the bundled one: MirrorPad on a 1x1
+# or 9x17 image). A side under this is padded with black pixels, at the bottom and right, for
+# the detector only; its boxes are mapped back to the image (and clipped to it later).
+MIN_DETECTOR_SIDE = 32
 # The exporter's --input_type names (research/object_detection/exporter_lib_v2.py).
 IMAGE_TENSOR = "image_tensor"
 FLOAT_IMAGE_TENSOR = "float_image_tensor"
@@ -84,6 +90,27 @@ def parse_detections(outputs: Mapping[str, Any], index: int) -> Detections:
     classes = classes[:count]
     classes = np.where(np.isfinite(classes) & (np.abs(classes) < 2**31 - 1), classes, 0.0)
     return Detections(boxes[:count], scores[:count], np.rint(classes).astype(np.int32))
+
+
+def pad_for_detector(image: np.ndarray,
+                     minimum: int = MIN_DETECTOR_SIDE) -> tuple[np.ndarray, tuple[float, float]]:
+    """The image padded with black at the bottom and right to at least ``minimum`` pixels a
+    side, and the factors ``(y, x)`` that map a normalized box of the padded image back to
+    the image (1.0 where nothing was added)."""
+    height, width = image.shape[:2]
+    if height >= minimum and width >= minimum:
+        return image, (1.0, 1.0)
+    padded = np.zeros((max(height, minimum), max(width, minimum), *image.shape[2:]), image.dtype)
+    padded[:height, :width] = image
+    return padded, (padded.shape[0] / height, padded.shape[1] / width)
+
+
+def _unpad(detections: Detections, factors: tuple[float, float]) -> Detections:
+    if factors == (1.0, 1.0) or detections.error is not None:
+        return detections
+    y, x = factors
+    boxes = detections.boxes * np.array([y, x, y, x], np.float32)
+    return Detections(boxes, detections.scores, detections.classes)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -269,8 +296,14 @@ class DetectorModel:
         """Detects objects in each RGB uint8 image; a failing image gets an error, not a raise.
 
         Boxes are normalized to each image's own size. Same-size images share one call when
-        the batch dimension is free; otherwise each image is its own call.
+        the batch dimension is free; otherwise each image is its own call. Images with a side
+        under ``MIN_DETECTOR_SIDE`` are padded for the call (``pad_for_detector``).
         """
+        padded = [pad_for_detector(image) for image in images]
+        results = self._detect([image for image, _ in padded])
+        return [_unpad(found, factors) for found, (_, factors) in zip(results, padded)]
+
+    def _detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if self.batchable and len(images) > 1 and len({im.shape for im in images}) == 1:
             try:
                 outputs = self._call(images)

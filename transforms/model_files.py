@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_DETECTOR",
     "DEFAULT_DETECTOR_LABEL_MAP",
     "is_local_path",
+    "local_model_problem",
     "local_model_path",
     "model_exists",
     "read_score_threshold",
@@ -35,6 +36,52 @@ def is_local_path(path: str) -> bool:
     """True for a path on this machine's disk (plain or ``file://``), False for ``gs://``,
     ``s3://`` and other object stores."""
     return "://" not in path or path.startswith("file://")
+
+
+def _entry_problem(path: str, root: str) -> Optional[str]:
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        return f"cannot stat it ({type(exc).__name__})"
+    if stat.S_ISLNK(mode):
+        target = os.path.realpath(path)
+        inside = target == root or target.startswith(root.rstrip(os.sep) + os.sep)
+        if not inside:
+            return "a symbolic link that leaves the model folder"
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return "a symbolic link to nothing"
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return None
+    return "not a regular file (a device, FIFO or socket, which could block or never end)"
+
+
+def local_model_problem(path: str) -> Optional[str]:
+    """Why a local model file or folder cannot be read safely as files, or None: every entry
+    must be a regular file or a folder, and a link must stay inside the model folder (a link
+    to ``/dev/zero`` or a FIFO would make loading or digesting it hang). A single-file model
+    may itself be a link to a regular file anywhere. Only ``lstat`` is used: nothing is opened.
+    """
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"{path}: cannot stat it ({type(exc).__name__})"
+    if not stat.S_ISDIR(mode):
+        return None if stat.S_ISREG(mode) else (
+            f"{path} is not a regular file (a device, FIFO or socket); copy the model to a file")
+    root = os.path.realpath(path)
+    for folder, dirs, files in os.walk(path):
+        for name in sorted(dirs) + sorted(files):
+            full = os.path.join(folder, name)
+            problem = _entry_problem(full, root)
+            if problem is not None:
+                return f"{full} is {problem}; a model folder may hold only files and folders"
+    return None
 
 
 def resolve_model_path(path: str) -> str:

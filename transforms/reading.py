@@ -29,6 +29,7 @@ __all__ = [
     "ReadImagePaths",
     "first_manifest_path",
     "listed_kind",
+    "local_file_problem",
     "max_file_bytes",
     "parse_manifest_line",
     "read_at_most",
@@ -179,10 +180,28 @@ class ReadImagePaths(beam.PTransform):
 
 
 def max_file_bytes(max_pixels: int) -> int:
-    """The largest file worth reading for an image of at most ``max_pixels``: 8 bytes a pixel
-    (uncompressed 16-bit RGBA TIFF) plus 16 MiB of metadata. Larger files are refused before
-    they are read into a worker's memory."""
-    return max_pixels * 8 + (16 << 20)
+    """The largest file worth reading for an image of at most ``max_pixels``: 4 bytes a pixel
+    (uncompressed 8-bit RGBA) plus 16 MiB of metadata. Larger files are refused from their
+    size (stat, or the object store's metadata) before a byte is read into a worker."""
+    return max_pixels * 4 + (16 << 20)
+
+
+def _local_size(path: str) -> int | None:
+    """A local file's size from ``stat`` (None for other filesystems, or when it fails)."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    try:
+        return os.stat(path.removeprefix("file://")).st_size
+    except OSError:
+        return None
+
+
+def _opened_size(handle: Any) -> int | None:
+    """The object's size as the filesystem learnt it when opening (Beam's object-store
+    downloaders, ``filesystemio.Downloader.size``, ask for the metadata before any byte of
+    the body), or None."""
+    size = getattr(getattr(getattr(handle, "raw", None), "_downloader", None), "size", None)
+    return size if isinstance(size, int) else None
 
 
 def read_at_most(handle: Any, limit: int) -> bytes:
@@ -200,7 +219,7 @@ def read_at_most(handle: Any, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _local_file_problem(path: str) -> str | None:
+def local_file_problem(path: str) -> str | None:
     """Why a local path cannot be read as a file, or None (remote paths are not checked).
 
     Checked before opening: opening a FIFO blocks until something writes to it, which would
@@ -254,26 +273,39 @@ class ReadAndDecodeFn(beam.DoFn):
         self._bytes = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "image_bytes")
 
     def _read_bytes(self, path: str) -> bytes:
-        problem = _local_file_problem(path)  # folders, FIFOs, missing files: never retried
+        problem = local_file_problem(path)  # folders, FIFOs, missing files: never retried
         if problem is not None:
             raise _ReadError(problem)
         limit = max_file_bytes(self._max_pixels)
+        size = _local_size(path)
+        if size is not None and size > limit:
+            raise _ReadError(self._over_limit(limit))
 
         def read() -> bytes:
             with FileSystems.open(path, compression_type="uncompressed") as handle:
+                known = size if size is not None else _opened_size(handle)
+                if known is not None and known > limit:
+                    raise _ReadError(self._over_limit(limit))  # from metadata, body unread
+                if known is not None:  # one allocation of the known size (+1 tells it grew)
+                    return handle.read(known + 1)
                 return read_at_most(handle, limit)
 
         try:
             # On top of the filesystem's own retries: what still fails transiently (a reset
             # mid-body, throttling, a network mount's EIO) gets a few more tries.
             data = call_with_retries(read, self._retry, on_retry=lambda _: self._retries.inc())
+        except _ReadError:
+            raise
         except Exception as exc:  # pylint: disable=broad-except
             raise _ReadError(_read_error_message(exc, self._retry.attempts)) from exc
         if len(data) > limit:
-            raise _ReadError(f"file is over {limit} bytes, more than any image within "
-                             f"--max_image_pixels={self._max_pixels} needs (raise that option if "
-                             "it is a real image)")
+            raise _ReadError(self._over_limit(limit))
         return data
+
+    def _over_limit(self, limit: int) -> str:
+        return (f"file is over {limit} bytes, more than any image within "
+                f"--max_image_pixels={self._max_pixels} needs (raise that option if it is a "
+                "real image)")
 
     def process(self, path: str) -> Iterator[object]:
         self._read.inc()

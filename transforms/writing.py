@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -28,14 +31,19 @@ from transforms.regions import IMAGES_TAG  # final images rows, as CropRegions' 
 
 __all__ = [
     "FAILED_REGIONS_TAG",
+    "OUTPUT_NAMES",
+    "RUN_RECORD",
     "SUCCESS_MARKER",
     "TABLES",
     "CountDetectionRows",
     "CountImageRows",
     "RowsToTablesFn",
     "ToRowsFn",
+    "OutputListing",
     "WriteParquetTable",
     "delete_tables",
+    "is_job_name",
+    "list_output",
     "failed_batch_rows",
     "image_row",
     "write_success_marker",
@@ -49,6 +57,13 @@ TABLES = ("detections", "images")
 SUCCESS_MARKER = "_SUCCESS"
 # The run record (beam_pipeline.runs): written after _SUCCESS, the run's very last act.
 RUN_RECORD = "run.json"
+# What a run writes inside each table folder: Beam's final shards (the default shard template
+# of WriteParquetTable's prefix) and its sink's temporary folders (FileBasedSink).
+PART_FILE = re.compile(r"part-\d{5}-of-\d{5}\.parquet")
+TEMP_FOLDER = re.compile(r"beam-temp-part-[0-9a-f]{32}")
+# Every name this job writes at the top of --output. Everything that deletes in --output
+# (delete_tables) deletes only these and, inside the table folders, PART_FILE / TEMP_FOLDER.
+OUTPUT_NAMES = (RUN_RECORD, SUCCESS_MARKER, *TABLES)
 # Rows per Arrow table, and so per Parquet row group at most.
 ROWS_PER_ROW_GROUP = 10_000
 
@@ -240,24 +255,80 @@ class CountDetectionRows(_SumCounts):
         return {"regions": table.num_rows, "classified": int(classified)}
 
 
-def delete_tables(output: str) -> None:
-    """Deletes the run record, the success marker and the tables (final files and any
-    temporary files) of a run in ``output``; what is not there is skipped. The record goes
-    first, so an interrupted delete never leaves a folder that looks complete."""
-    for name in (RUN_RECORD, SUCCESS_MARKER):
-        marker = FileSystems.join(output, name)
-        if FileSystems.exists(marker):
-            FileSystems.delete([marker])
-    for table in TABLES:
-        folder = FileSystems.join(output, table)
-        if is_local_path(output):
-            if FileSystems.exists(folder):
-                FileSystems.delete([folder])
-            continue
-        # Object stores have no folders: delete every object under the prefix.
-        found = [m.path for m in FileSystems.match([folder + "/**"])[0].metadata_list]
-        if found:
-            FileSystems.delete(found)
+class OutputListing(NamedTuple):
+    """What is in an output folder: ``ours`` are paths a run of this job writes (its record,
+    its success marker, part files and sink temporary folders in the table folders), ``others``
+    everything else there (never deleted). ``parts`` counts the part files among ``ours``."""
+
+    ours: list[str]
+    others: list[str]
+    parts: int
+
+
+def is_job_name(relative: str) -> bool:
+    """Whether a path relative to --output is one this job writes (see OUTPUT_NAMES)."""
+    parts = relative.strip("/").split("/")
+    if len(parts) == 1:
+        return parts[0] in (RUN_RECORD, SUCCESS_MARKER)
+    if parts[0] not in TABLES:
+        return False
+    if len(parts) == 2 and PART_FILE.fullmatch(parts[1]):
+        return True
+    return TEMP_FOLDER.fullmatch(parts[1]) is not None
+
+
+def list_output(output: str) -> OutputListing:
+    """Lists ``output`` without following links: a link is never one of ours, even when it
+    has one of our names, so nothing is ever deleted or written through it."""
+    ours: list[str] = []
+    others: list[str] = []
+    if is_local_path(output):
+        root = output.removeprefix("file://")
+        if not os.path.isdir(root) or os.path.islink(root):
+            return OutputListing([], [], 0)
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            if entry.name in TABLES and entry.is_dir(follow_symlinks=False):
+                for inner in sorted(os.scandir(entry.path), key=lambda e: e.name):
+                    relative = f"{entry.name}/{inner.name}"
+                    kind_ok = (inner.is_dir(follow_symlinks=False)
+                               if TEMP_FOLDER.fullmatch(inner.name)
+                               else inner.is_file(follow_symlinks=False))
+                    (ours if is_job_name(relative) and kind_ok else others).append(inner.path)
+            elif is_job_name(entry.name) and entry.is_file(follow_symlinks=False):
+                ours.append(entry.path)
+            else:
+                others.append(entry.path)
+    else:
+        prefix = output.rstrip("/") + "/"
+        for metadata in FileSystems.match([prefix + "**"])[0].metadata_list:
+            relative = metadata.path[len(prefix):]
+            (ours if is_job_name(relative) else others).append(metadata.path)
+    parts = sum(1 for path in ours if PART_FILE.fullmatch(path.rstrip("/").rsplit("/", 1)[-1]))
+    return OutputListing(ours, others, parts)
+
+
+def delete_tables(output: str) -> list[str]:
+    """Deletes what a run of this job wrote in ``output``: the run record first (so an
+    interrupted delete never leaves a folder that looks complete), the success marker, then
+    the part files and temporary folders of the tables; a table folder left empty goes too.
+    Nothing else is touched. Returns the paths left alone (``OutputListing.others``)."""
+    listing = list_output(output)
+    first = sorted(listing.ours, key=lambda path: not path.endswith("/" + RUN_RECORD))
+    local = is_local_path(output)
+    for path in first:
+        if local and os.path.isdir(path):
+            shutil.rmtree(path)  # a sink's temporary folder; rmtree does not follow links
+        elif local:
+            os.remove(path)
+        else:
+            FileSystems.delete([path])
+    if local:
+        root = output.removeprefix("file://")
+        for table in TABLES:
+            folder = os.path.join(root, table)
+            if os.path.isdir(folder) and not os.path.islink(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+    return listing.others
 
 
 def write_success_marker(output: str) -> None:

@@ -17,12 +17,53 @@ import pyarrow.compute as pc
 from beam_pipeline.report.data import to_crops
 from beam_pipeline.report.pictures import cut_crop, encode_png, load_image
 
-__all__ = ["BACKGROUND", "REVIEW_CSV", "coco_dataset", "export_coco", "export_review"]
+__all__ = ["BACKGROUND", "REVIEW_CSV", "coco_dataset", "csv_cell", "export_coco",
+           "export_review", "safe_name"]
 
 BACKGROUND = "background"
 REVIEW_CSV = "review.csv"
 REVIEW_COLUMNS = ["file", "image_path", "roi_index", "box_ymin", "box_xmin", "box_ymax",
                   "box_xmax", "label", "confidence", "detector_score", "error"]
+
+
+# Longest name made from data, before the digest that keeps changed names apart.
+_NAME_CHARS = 60
+_WINDOWS_RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+                               *(f"lpt{i}" for i in range(10))})
+# A spreadsheet evaluates a cell starting with these as a formula (OWASP "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_name(value: str, taken: set[str] | None = None) -> str:
+    """A file or folder name made from data (a label, an image name) that cannot escape its
+    folder: letters, digits, ``.``, ``-``, ``_`` and spaces only (separators, ``..``, NUL and
+    other control characters become ``_``), no leading dot or ``-`` (an option, a formula),
+    no trailing dot/space, not a Windows device name, at most 60 characters plus a digest. A
+    name that had to change gets ``-<digest of the value>``, so two values never map to one
+    name; ``taken`` (lower-cased names already used; updated) resolves what still collides,
+    case-insensitively."""
+    name = re.sub(r"[^\w. -]+|_+", "_", value, flags=re.ASCII).strip(" ")
+    name = re.sub(r"\.{2,}", ".", name).lstrip(".").rstrip(". ") or "_"
+    if name.split(".", 1)[0].lower() in _WINDOWS_RESERVED or name.startswith("-"):
+        name = "_" + name
+    if name != value or len(name) > _NAME_CHARS:
+        digest = hashlib.sha1(value.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        name = f"{name[:_NAME_CHARS]}-{digest}"
+    if taken is not None:
+        base, n = name, 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{base}-{n}"
+        taken.add(name.lower())
+    return name
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a string starting with ``=``, ``+``, ``-``,
+    ``@``, tab or CR gets a leading ``'`` (OWASP's advice); other values are unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def _common_root(paths: list[str]) -> str:
@@ -90,20 +131,23 @@ def export_coco(images: pa.Table, detections: pa.Table, path: str, *,
 
 
 def _file_name(image_path: str, roi_index: int) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", posixpath.splitext(posixpath.basename(image_path))[0])
-    digest = hashlib.sha1(image_path.encode("utf-8")).hexdigest()[:8]
-    return f"{stem[:60]}-{digest}-r{roi_index}.png"
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", posixpath.splitext(posixpath.basename(image_path))[0])
+    digest = hashlib.sha1(image_path.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{stem[:60]}-{digest}-r{roi_index}.png"  # no dots: never "..", never hidden
 
 
 def export_review(detections: pa.Table, folder: str, below_confidence: float) -> dict[str, int]:
     """Crops with confidence below ``below_confidence`` as ``folder/<label>/<name>.png`` at
     their native size, and ``folder/review.csv`` with one row per crop (a crop that cannot be
     cut gets an empty ``file`` and the reason in ``error``). Every label of ``detections`` gets
-    a folder, so a crop can be moved to any of them. Returns counts."""
+    a folder, so a crop can be moved to any of them. Folder and file names are ``safe_name``s
+    (the label column keeps the label itself); CSV cells are ``csv_cell``s. Returns counts."""
     labels = sorted(set(detections["label"].to_pylist())) if detections.num_rows else []
-    for label in labels:
-        os.makedirs(os.path.join(folder, label), exist_ok=True)
+    taken = {REVIEW_CSV.lower()}
+    folders = {label: safe_name(label, taken) for label in labels}
     os.makedirs(folder, exist_ok=True)
+    for name in folders.values():
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
     rows = detections.filter(pc.less(detections["confidence"], below_confidence)) \
         if detections.num_rows else detections
     crops = to_crops(rows.sort_by([("image_path", "ascending"), ("roi_index", "ascending")]))
@@ -116,8 +160,8 @@ def export_review(detections: pa.Table, folder: str, below_confidence: float) ->
             if crop.image_path != last_path:  # rows are by image: each image is read once
                 last_path = crop.image_path
                 image, reason = load_image(crop.image_path)
-            name, error = posixpath.join(crop.label, _file_name(crop.image_path,
-                                                                 crop.roi_index)), ""
+            name, error = posixpath.join(folders[crop.label], _file_name(crop.image_path,
+                                                                         crop.roi_index)), ""
             try:
                 if image is None:
                     raise ValueError(reason)
@@ -127,6 +171,7 @@ def export_review(detections: pa.Table, folder: str, below_confidence: float) ->
             except ValueError as exc:
                 name, error = "", str(exc)
                 failed += 1
-            writer.writerow([name, crop.image_path, crop.roi_index, *crop.box, crop.label,
-                             f"{crop.confidence:.6f}", f"{crop.detector_score:.6f}", error])
+            writer.writerow([csv_cell(cell) for cell in (
+                name, crop.image_path, crop.roi_index, *crop.box, crop.label,
+                f"{crop.confidence:.6f}", f"{crop.detector_score:.6f}", error)])
     return {"crops": written, "failed": failed, "labels": len(labels)}

@@ -45,10 +45,19 @@ def load_image(path: str) -> tuple[np.ndarray | None, str | None]:
     """Reads and decodes ``path`` to RGB; ``(None, reason)`` when that fails."""
     from apache_beam.io.filesystems import FileSystems
 
+    from transforms import DEFAULT_MAX_IMAGE_PIXELS
+    from transforms.reading import local_file_problem, max_file_bytes, read_at_most
+
+    problem = local_file_problem(path)  # a FIFO or device put where an image was: no hang
+    if problem is not None:
+        return None, f"cannot read: {problem}"
+    limit = max_file_bytes(DEFAULT_MAX_IMAGE_PIXELS)
     try:
         with FileSystems.open(path, mime_type="application/octet-stream",
                               compression_type="uncompressed") as handle:
-            data = handle.read()
+            data = read_at_most(handle, limit)
+        if len(data) > limit:
+            return None, f"cannot read: file is over {limit} bytes"
     except Exception as exc:  # noqa: BLE001 (each filesystem raises its own errors)
         return None, f"cannot read: {type(exc).__name__}: {str(exc)[:200]}"
     try:
