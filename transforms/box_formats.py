@@ -94,8 +94,8 @@ def box_range_problem(boxes: np.ndarray, box_format: str, height: int, width: in
     """Why ``boxes`` (one image's, padding removed) cannot be in ``box_format``, or None.
 
     A finite coordinate outside the frame by more than ``RANGE_MARGIN`` frames refuses any
-    convention. For the two pixel conventions, boxes that all lie within ``[0, 2]`` with some
-    area refuse too: they are normalized boxes, whose misreading as pixels would otherwise be
+    convention. For the two pixel conventions, boxes that all lie within ``[-1, 2]`` (some
+    with an area) refuse too: they are normalized boxes, whose misreading as pixels would otherwise be
     silent (tiny boxes in the corner). Non-finite coordinates are left to ``select_regions``,
     which drops and counts them.
 
