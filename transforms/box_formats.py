@@ -95,9 +95,9 @@ def box_range_problem(boxes: np.ndarray, box_format: str, height: int, width: in
 
     A finite coordinate outside the frame by more than ``RANGE_MARGIN`` frames refuses any
     convention. For the two pixel conventions, boxes that all lie within ``[-1, 2]`` (some
-    with an area) refuse too: they are normalized boxes, whose misreading as pixels would otherwise be
-    silent (tiny boxes in the corner). Non-finite coordinates are left to ``select_regions``,
-    which drops and counts them.
+    with an area) refuse too: they are normalized boxes, whose misreading as pixels would
+    otherwise be silent (tiny boxes in the corner). Non-finite coordinates are left to
+    ``select_regions``, which drops and counts them.
 
     Raises:
         ValueError: ``image_info`` is missing or malformed for the ``image_info`` convention.
