@@ -9,6 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline.early_flags import switch
 from transforms import DEFAULT_MAX_IMAGE_PIXELS
+from transforms.box_formats import AUTO, BOX_FORMATS
 from transforms.classification import DEFAULT_CLASSIFIER_BATCH, PREPROCESS_MODES
 from transforms.model_files import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 
@@ -52,8 +53,17 @@ class DetectClassifyOptions(PipelineOptions):
                  "refused before any work starts). Also --overwrite=true|false.")
         _add(
             group, "--detector_model", "Detector SavedModel", default=DEFAULT_DETECTOR,
-            help="TF2 Object Detection API SavedModel folder (serving_default signature). "
+            help="TF2 Object Detection API or TF Model Garden detection SavedModel folder "
+                 "(serving_default signature). "
                  "Default: the bundled wafer-defect detector.")
+        _add(
+            group, "--detector_box_format", "Detector box convention", choices=BOX_FORMATS,
+            default=AUTO,
+            help="What the detector's detection_boxes are in: normalized (OD API), image_info "
+                 "(Model Garden's resized-frame pixels, mapped back with its image_info "
+                 "output), pixels (of the input image), or auto: decided from the signature "
+                 "and a probe inference at start-up, which refuses boxes outside the range of "
+                 "the convention (docs/detector-exports.md).")
         _add(
             group, "--detector_label_map", "Detector label map", default=None,
             help="OD API label_map.pbtxt for detector_label. Default: the bundled map with the "

@@ -58,6 +58,7 @@ class JobConfig:
     progress_folder: Optional[str] = None  # local runs: where workers count progress
     tiling: Optional[TilingConfig] = None
     classify_detector_classes: Optional[frozenset[int]] = None  # None: classify every class
+    detector_box_format: str = "normalized"  # proved by validation (transforms.box_formats)
 
 
 def _count(pcoll, label: str):
@@ -85,7 +86,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
                                                                           main="images")
     detections = decoded.images | "DetectObjects" >> RunInference(
         ObjectDetectionModelHandler(config.detector_model, model_copies=config.model_copies,
-                                    tiling=config.tiling))
+                                    tiling=config.tiling, box_format=config.detector_box_format))
     # One element per image from here on: its regions travel together, so its images row is
     # finished where its regions' answers are (no join on the path).
     regions = detections | "CropRegions" >> beam.ParDo(CropRegionsFn(

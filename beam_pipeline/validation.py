@@ -14,6 +14,7 @@ from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.pipeline import JobConfig
 from beam_pipeline.runs import complete_outputs, read_run_record, run_identity, table_files
 from beam_pipeline.storage import storage_problem
+from transforms.box_formats import NORMALIZED
 from transforms.labels import LabelError, read_label_map, read_labels
 from transforms.model_files import (
     DEFAULT_CLASSIFIER,
@@ -360,10 +361,15 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
             raise ConfigError(f"{flag}: {problem}")
     configure_tensorflow()  # loads TensorFlow once, its start-up noise filtered
     try:
-        detector = DetectorModel(local_model_path(opts.detector_model))
+        detector = DetectorModel(local_model_path(opts.detector_model),
+                                 box_format=opts.detector_box_format)
     except Exception as exc:  # pylint: disable=broad-except
         raise ConfigError(f"--detector_model {opts.detector_model} is not a usable OD API "
                           f"SavedModel: {_first_line(exc)}") from exc
+    try:  # proves how its boxes are expressed: nothing is ever read in the wrong units
+        box_format = detector.prove_box_format()
+    except ValueError as exc:
+        raise ConfigError(f"--detector_model {opts.detector_model}: {_first_line(exc)}") from exc
     try:
         classifier = ClassifierModel(local_model_path(opts.classifier_model),
                                      safe_mode=not opts.unsafe_keras_deserialization)
@@ -387,6 +393,9 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
         detector_description=_describe(detector),
         row_options={"classify_detector_classes": sorted(classify_classes or []) or None,
                      "tile_size": opts.tile_size,
+                     # Only when not normalized, so earlier runs' fingerprints still match.
+                     **({"detector_box_format": box_format} if box_format != NORMALIZED
+                        else {}),
                      **({"tile_overlap": opts.tile_overlap,
                          "tile_full_image": opts.tile_full_image} if opts.tile_size else {})})
     done = complete_outputs(opts.skip_done_in or [], exclude=[opts.output])
@@ -417,7 +426,7 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
         tiling=TilingConfig(opts.tile_size, overlap=opts.tile_overlap,
                             full_image=opts.tile_full_image,
                             batch_size=opts.tile_batch_size) if opts.tile_size else None,
-        classify_detector_classes=classify_classes)
+        classify_detector_classes=classify_classes, detector_box_format=box_format)
 
 
 def parse_detector_classes(value: Optional[str],

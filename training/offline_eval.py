@@ -147,7 +147,9 @@ def load_models(detector_model: str, classifier_model: str, *, safe_mode: bool =
     from transforms.tf_runtime import configure_tensorflow
 
     configure_tensorflow()
-    return (DetectorModel(local_model_path(detector_model)),
+    detector = DetectorModel(local_model_path(detector_model))
+    detector.prove_box_format()  # as the job's validation does: the probe decides the boxes
+    return (detector,
             ClassifierModel(local_model_path(classifier_model), safe_mode=safe_mode))
 
 

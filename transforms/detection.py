@@ -1,8 +1,11 @@
-"""DetectObjects: a RunInference ModelHandler for TF Object Detection API SavedModels.
+"""DetectObjects: a RunInference ModelHandler for TF Object Detection API and TF Model Garden
+detection SavedModels.
 
-Every input type of the OD API exporters is recognised from the ``serving_default`` signature
-and fed what it expects (docs/detector-exports.md): uint8 or float32 image tensors, encoded
-image strings and serialized ``tf.train.Example`` protos, with a batch of 1 or a free batch.
+Every input type of their exporters is recognised from the ``serving_default`` signature and
+fed what it expects (docs/detector-exports.md): uint8 or float32 image tensors, encoded image
+strings and serialized ``tf.train.Example`` protos, with a batch of 1 or a free batch. Boxes are
+read in the convention the signature and a probe inference prove (``transforms.box_formats``):
+normalized, or Model Garden's resized-frame pixels mapped back with its ``image_info``.
 """
 
 from __future__ import annotations
@@ -15,12 +18,24 @@ import cv2
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from transforms.box_formats import (
+    AUTO,
+    IMAGE_INFO,
+    NORMALIZED,
+    box_range_problem,
+    decide_box_format,
+    describe_box_format,
+    probe_image,
+    to_normalized,
+)
 from transforms.model_files import local_model_path
 from transforms.records import DecodedImage, Detections
 from transforms.tf_runtime import configure_tensorflow
 
 __all__ = [
     "INPUT_TYPES",
+    "MODEL_GARDEN",
+    "OD_API",
     "OD_API_OUTPUT_KEYS",
     "DetectorInput",
     "DetectorModel",
@@ -50,6 +65,14 @@ FLOAT_IMAGE_TENSOR = "float_image_tensor"
 ENCODED_IMAGE_STRING_TENSOR = "encoded_image_string_tensor"
 TF_EXAMPLE = "tf_example"
 INPUT_TYPES = (IMAGE_TENSOR, FLOAT_IMAGE_TENSOR, ENCODED_IMAGE_STRING_TENSOR, TF_EXAMPLE)
+# Families of exporters, told apart by an image_info output (the Model Garden's).
+OD_API = "OD API"
+MODEL_GARDEN = "Model Garden"
+IMAGE_INFO_KEY = "image_info"
+# The Model Garden exporter's --input_type names for the same feeds
+# (official/vision/serving/export_base.py, get_inference_signatures).
+_MODEL_GARDEN_INPUT_TYPES = {IMAGE_TENSOR: "image_tensor",
+                             ENCODED_IMAGE_STRING_TENSOR: "image_bytes", TF_EXAMPLE: "tf_example"}
 
 SUPPORTED_INPUTS = ("one input: uint8 or float32 [batch, H, W, 3], or string [batch] (encoded "
                     "images or tf.train.Example); batch 1 or free")
@@ -167,9 +190,11 @@ class DetectorInput:
     def batchable(self) -> bool:
         return self.shape[0] is None
 
-    def describe(self) -> str:
+    def describe(self, family: str = OD_API) -> str:
         batch = "free batch" if self.batchable else "batch of 1"
-        return (f"OD API {self.input_type}: {self.dtype} {_shape_text(self.shape)} "
+        name = (_MODEL_GARDEN_INPUT_TYPES.get(self.input_type, self.input_type)
+                if family == MODEL_GARDEN else self.input_type)
+        return (f"{family} {name}: {self.dtype} {_shape_text(self.shape)} "
                 f"'{self.key}', {batch}; fed {_FEEDS[self.input_type]}")
 
 
@@ -238,15 +263,20 @@ def _op_types(function: Any) -> set[str]:
 
 
 class DetectorModel:
-    """A loaded OD API SavedModel: its ``serving_default`` signature and how to feed it.
+    """A loaded OD API or Model Garden SavedModel: its ``serving_default`` signature, how to
+    feed it and how to read its boxes.
 
     Attributes:
-        input_key: the signature's input name (``input_tensor``; ``inputs`` for TF1 exports).
-        input_type: the exporter's ``--input_type`` this signature matches (``INPUT_TYPES``).
+        input_key: the signature's input name (``input_tensor``; ``inputs`` for TF1 and Model
+            Garden exports).
+        input_type: the OD API ``--input_type`` whose feed this signature takes (``INPUT_TYPES``).
         batchable: whether the batch dimension is free (same-size images share one call).
+        family: ``OD_API``, or ``MODEL_GARDEN`` when the signature has an ``image_info`` output.
+        box_format: the box convention read (``transforms.box_formats``); with ``auto``, the
+            family's default until ``prove_box_format`` runs the probe.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, box_format: str = AUTO):
         import tensorflow as tf
 
         # Keep the loaded object alive: the signature's variables belong to it.
@@ -270,10 +300,46 @@ class DetectorModel:
             raise ValueError(f"{path}: '{SIGNATURE_NAME}' lacks outputs {missing}; "
                              f"an OD API detector returns {list(OD_API_OUTPUT_KEYS)}")
         self._tf = tf
+        has_image_info = IMAGE_INFO_KEY in self._fn.structured_outputs
+        self.family = MODEL_GARDEN if has_image_info else OD_API
+        if box_format == IMAGE_INFO and not has_image_info:
+            raise ValueError(f"{path}: --detector_box_format=image_info, but '{SIGNATURE_NAME}' "
+                             "has no image_info output to map boxes with")
+        self._requested = box_format
+        if box_format == AUTO:  # until the probe says otherwise: the exporter's default
+            box_format = IMAGE_INFO if has_image_info else NORMALIZED
+            self.box_format_how = "the exporter's default, not probed"
+        else:
+            self.box_format_how = "stated"
+        self.box_format = box_format
 
     def describe(self) -> str:
-        """One line: the input type recognised, its dtype, shape and name, and the feed."""
-        return self.input.describe()
+        """One line: the family and input type recognised, its dtype, shape and name, the
+        feed, and the box convention with how it was decided."""
+        return (f"{self.input.describe(self.family)}; {describe_box_format(self.box_format)} "
+                f"({self.box_format_how})")
+
+    def prove_box_format(self) -> str:
+        """Runs the probe image and decides (``auto``) or checks (a stated convention) how the
+        boxes are expressed; sets and returns ``box_format``.
+
+        A probe that gives no boxes (or whose call fails) cannot refuse: the family's default
+        or the stated convention stays, and the run-time check guards every image.
+
+        Raises:
+            ValueError: one line naming what the probe saw and the flag that overrides it.
+        """
+        image = probe_image()
+        try:
+            outputs = self._call([image], with_image_info=self.family == MODEL_GARDEN)
+            boxes = parse_detections(outputs, 0).boxes
+            info = outputs[IMAGE_INFO_KEY][0] if IMAGE_INFO_KEY in outputs else None
+        except Exception:  # noqa: BLE001  # pylint: disable=broad-except
+            boxes, info = None, None
+        self.box_format, self.box_format_how = decide_box_format(
+            self._requested, has_image_info=self.family == MODEL_GARDEN, boxes=boxes,
+            height=image.shape[0], width=image.shape[1], image_info=info)
+        return self.box_format
 
     def _feed(self, images: Sequence[np.ndarray]) -> Any:
         for image in images:
@@ -287,17 +353,36 @@ class DetectorModel:
         encode = encode_png if self.input_type == ENCODED_IMAGE_STRING_TENSOR else tf_example_bytes
         return self._tf.constant([encode(image) for image in images], dtype=self._tf.string)
 
-    def _call(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    def _call(self, images: Sequence[np.ndarray], *,
+              with_image_info: bool = False) -> dict[str, np.ndarray]:
         outputs = self._fn(**{self.input_key: self._feed(images)})
         # Masks, keypoints and raw detections can be large: only what is read leaves TF.
-        return {key: outputs[key].numpy() for key in _READ_KEYS if key in outputs}
+        keys = (*_READ_KEYS, IMAGE_INFO_KEY) if (
+            with_image_info or self.box_format == IMAGE_INFO) else _READ_KEYS
+        return {key: outputs[key].numpy() for key in keys if key in outputs}
+
+    def _read(self, outputs: Mapping[str, np.ndarray], index: int,
+              image: np.ndarray) -> Detections:
+        """Entry ``index`` with its boxes normalized to ``image``; an error when they are
+        outside the range of the convention read (never dropped in silence)."""
+        found = parse_detections(outputs, index)
+        height, width = image.shape[:2]
+        info = outputs[IMAGE_INFO_KEY][index] if self.box_format == IMAGE_INFO else None
+        problem = box_range_problem(found.boxes, self.box_format, height, width, info)
+        if problem is not None:
+            return Detections.failed(f"{problem} (boxes read as {self.box_format}; "
+                                     "--detector_box_format states the convention)"[:500])
+        return dataclasses.replace(
+            found, boxes=to_normalized(found.boxes, self.box_format, height, width, info))
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detects objects in each RGB uint8 image; a failing image gets an error, not a raise.
 
-        Boxes are normalized to each image's own size. Same-size images share one call when
-        the batch dimension is free; otherwise each image is its own call. Images with a side
-        under ``MIN_DETECTOR_SIDE`` are padded for the call (``pad_for_detector``).
+        Boxes are normalized to each image's own size, from the convention ``box_format``; an
+        image whose boxes are outside that convention's range gets an error. Same-size images
+        share one call when the batch dimension is free; otherwise each image is its own call.
+        Images with a side under ``MIN_DETECTOR_SIDE`` are padded for the call
+        (``pad_for_detector``).
         """
         padded = [pad_for_detector(image) for image in images]
         results = self._detect([image for image, _ in padded])
@@ -307,13 +392,13 @@ class DetectorModel:
         if self.batchable and len(images) > 1 and len({im.shape for im in images}) == 1:
             try:
                 outputs = self._call(images)
-                return [parse_detections(outputs, i) for i in range(len(images))]
+                return [self._read(outputs, i, image) for i, image in enumerate(images)]
             except Exception:  # noqa: BLE001, S110  # pylint: disable=broad-except
                 pass  # fall back to one call per image, so only the bad image fails
         results = []
         for image in images:
             try:
-                results.append(parse_detections(self._call([image]), 0))
+                results.append(self._read(self._call([image]), 0, image))
             except Exception as exc:  # noqa: BLE001  # pylint: disable=broad-except
                 results.append(Detections.failed(f"{type(exc).__name__}: {exc}"[:500]))
         return results
@@ -335,17 +420,23 @@ class ObjectDetectionModelHandler(ModelHandler[DecodedImage, PredictionResult, D
     """
 
     def __init__(self, model_path: str, *, max_batch_size: int = DEFAULT_DETECTOR_BATCH,
-                 model_copies: int | None = None, tiling: Any = None):
+                 model_copies: int | None = None, tiling: Any = None,
+                 box_format: str = AUTO):
         # Fixed batches: Beam's adaptive batching would fit a regression on every batch, and a
         # batch here is only a handful of images (same-size ones share a call when they can).
         super().__init__(min_batch_size=max_batch_size, max_batch_size=max_batch_size,
                          model_copies=model_copies)
         self._model_path = model_path
+        # Validation passes the convention it proved, so workers need no probe of their own.
+        self._box_format = box_format
         self._tiling = tiling if tiling is not None and tiling.tile_size > 0 else None
 
     def load_model(self) -> DetectorModel:
         configure_tensorflow()
-        return DetectorModel(local_model_path(self._model_path))
+        model = DetectorModel(local_model_path(self._model_path), box_format=self._box_format)
+        if self._box_format == AUTO:
+            model.prove_box_format()
+        return model
 
     def run_inference(self, batch: Sequence[DecodedImage], model: DetectorModel,
                       inference_args: dict[str, Any] | None = None
