@@ -11,6 +11,7 @@ import time
 from typing import Optional, Sequence
 
 from beam_pipeline.quiet import quiet_startup
+from beam_pipeline.worker_logs import quiet_worker_output
 
 __all__ = ["main", "run"]
 
@@ -57,7 +58,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     local = _is_local_direct(options)
     running = ""
     if local:
-        mode = choose_local_mode(argv, config.input, skipping=bool(config.done_tables))
+        mode = choose_local_mode(argv, config.input, skipping=bool(config.done_tables),
+                                 verbose=bool(job.verbose))
         running = f"DirectRunner, {mode.reason}"
         if mode.flags:
             options = PipelineOptions([*argv, *mode.flags])
@@ -129,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # and exit 2 (Beam's own options are checked by run()).
     parsed, _ = job_parser().parse_known_args(argv)
     verbose = parsed.verbose  # the parsed value: --verbose=yes and --verbose=1 count too
-    with quiet_startup(enabled=not verbose):
+    with quiet_startup(enabled=not verbose), quiet_worker_output(enabled=not verbose):
         from beam_pipeline.runs import ErrorGateFailed
         from beam_pipeline.validation import ConfigError
 
