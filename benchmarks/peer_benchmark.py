@@ -13,7 +13,10 @@ classifier):
 - (b) a ``tf.data`` pipeline as TensorFlow's performance guide recommends: parallel ``map``
   for read + decode, ``prefetch``, then the same detector and stages (``benchmarks._loops``);
 - (c) the job's default command, ``python -m beam_pipeline`` with no tuning flags (it picks
-  its local mode itself).
+  its local mode itself);
+- (d) the same command with ``BDC_THREADS=0``: every process keeps TensorFlow's and OpenCV's
+  own thread-pool defaults (every core), as before the job sized them per worker (only with
+  ``--variants ...d``: the before/after of that change, interleaved).
 
 Rounds are interleaved (a b c, a b c, ...) and each ratio is paired within its round. Wall
 time is the whole process's (start-up, model loading and writes included); CPU is the process
@@ -41,7 +44,10 @@ VARIANTS = {
     "a": "(a) plain loop",
     "b": "(b) tf.data pipeline",
     "c": "(c) job default command",
+    "d": "(d) job, library threads",
 }
+# Extra environment per variant.
+ENV = {"d": {"BDC_THREADS": "0"}}
 MIN_SCORE = "0.5"
 BOX_TOLERANCE = 1e-4  # normalized box coordinates
 SCORE_TOLERANCE = 1e-4  # detector scores and classifier confidences
@@ -112,12 +118,13 @@ def run_once(variant: str, images: int, assets: Mapping, out: str, cores: float)
     output = os.path.join(out, "peer_runs", f"{variant}_{images}")
     shutil.rmtree(output, ignore_errors=True)
     cmd = command(variant, models["manifests"][str(images)], models, output)
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    env = {k: v for k, v in os.environ.items() if k != "BDC_THREADS"}
+    env.update(PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **ENV.get(variant, {}))
     load_before = load_average()
     run = measure(cmd, cwd=ROOT, env=env, progress=progress_log(models["detector"]))
     figures = whole_process(run, images, cores)
     figures.update(load=(load_before, load_average()), rows=read_rows(output),
-                   choice=job_choice(output) if variant == "c" else "")
+                   choice=job_choice(output) if variant in ("c", "d") else "")
     if len(figures["rows"]) != images:
         raise RowsDisagree(f"{VARIANTS[variant]}: rows for {len(figures['rows'])} of {images} "
                            "images (every benchmark image has regions)")
@@ -180,11 +187,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[300],
                         help="image counts, e.g. 300 1200 3000 (default 300: a few minutes)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per size")
-    parser.add_argument("--variants", default="abc", help="which variants to run, e.g. 'bc'")
+    parser.add_argument("--variants", default="abc",
+                        help="which variants to run, e.g. 'bc' or 'abcd'")
     parser.add_argument("--tiny", action="store_true", help="tiny detector (smoke tests)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out"))
     parser.add_argument("--json", help="also write every run's figures to this file")
+    parser.add_argument("--from_json", help="only print the table of figures a --json wrote")
     args = parser.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as handle:
+            saved = json.load(handle)
+        results = {int(n): {v: runs for v, runs in by.items() if runs}
+                   for n, by in saved["results"].items()}
+        print(format_table(results, saved["cores"]))
+        return
     variants = [v for v in VARIANTS if v in args.variants]
     built = measure([sys.executable, "-m", "benchmarks._assets", "--out", args.out, "--sizes",
                      *map(str, args.images)] + (["--tiny"] if args.tiny else []), cwd=ROOT,
@@ -212,14 +228,14 @@ def main(argv: list[str] | None = None) -> None:
                       f"load {r['load'][0]:.2f} -> {r['load'][1]:.2f}"
                       + (f" ({r['reason']})" if r["reason"] else "")
                       + (f"; {r['choice']}" if r["choice"] else ""), flush=True)
+                if args.json:  # after every run: a benchmark stopped early keeps its figures
+                    with open(args.json, "w") as handle:
+                        json.dump({"cores": cores, "results": results}, handle, indent=1)
     print()
     print("rows agree: every run has the same detections per image as the first "
           f"(boxes within {BOX_TOLERANCE:g}, scores and confidences within {SCORE_TOLERANCE:g}, "
           "same classes)")
     print(format_table(results, cores))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"cores": cores, "results": results}, handle, indent=1)
 
 
 if __name__ == "__main__":
