@@ -207,7 +207,10 @@ def whole_process(run: Run, images: int, cores: float) -> dict:
     figures = {"total_s": wall, "total_cpu_s": run.cpu, "rss": run.peak_rss,
                "images_s": images / wall, "cpu_ms": 1000 * run.cpu / max(images, 1),
                "cores_busy": run.cpu / wall, "reason": None,
-               "startup_s": run.stamps[0] - run.start if run.stamps else None}
+               "startup_s": run.stamps[0] - run.start if run.stamps else None,
+               # CPU spent before the first image left the detector: imports, model loading,
+               # worker processes; the rest of ``cpu_ms`` is spent on the images.
+               "startup_cpu_s": run.cpu_at(run.stamps[0]) if run.stamps else None}
     # What sampling can add: one sample interval of every core, a tick per process.
     slack = cores * SAMPLE_S + run.processes * TICK
     if (run.cpu - slack) / wall > cores:

@@ -140,7 +140,8 @@ def spread(values: Sequence[float], spec: str = ".1f") -> str:
 
 def format_table(results: Mapping[int, Mapping[str, list[dict]]], cores: float) -> str:
     head = (f"{'variant':<26} {'images':>6} {'wall s [min-max]':>20} {'images/s':>8} "
-            f"{'CPU ms/img [min-max]':>22} {'cores':>5} {'1st img s':>9} {'RSS MB':>6} "
+            f"{'CPU ms/img [min-max]':>22} {'cores':>5} {'1st img s':>9} {'CPU s to 1st':>12} "
+            f"{'RSS MB':>6} "
             f"{'(b)/row wall':>12} {'row/(a) CPU':>11} {'load':>9}")
     lines = [head, "-" * len(head)]
     notes = []
@@ -159,12 +160,15 @@ def format_table(results: Mapping[int, Mapping[str, list[dict]]], cores: float) 
             peer = [b["total_s"] / r["total_s"] for r, b in zip(runs, by_variant.get("b", []))]
             loop_cpu = [r["cpu_ms"] / a["cpu_ms"] for r, a in zip(runs, by_variant.get("a", []))]
             first = [r["startup_s"] for r in runs if r["startup_s"] is not None]
+            first_cpu = [r["startup_cpu_s"] for r in runs if r.get("startup_cpu_s") is not None]
             lines.append(
                 f"{label:<26} {images:>6} {spread(walls):>20} "
                 f"{images / statistics.median(walls):>8.1f} "
                 f"{spread([r['cpu_ms'] for r in runs]):>22} "
                 f"{statistics.median(r['cores_busy'] for r in runs):>5.2f} "
-                f"{statistics.median(first) if first else float('nan'):>9.1f} {rss:>6.0f} "
+                f"{statistics.median(first) if first else float('nan'):>9.1f} "
+                f"{statistics.median(first_cpu) if first_cpu else float('nan'):>12.1f} "
+                f"{rss:>6.0f} "
                 f"{statistics.median(peer):>11.2f}x {statistics.median(loop_cpu):>10.2f}x "
                 f"{load:>9}")
             if variant != "a" and len(runs) > 1:
@@ -176,7 +180,8 @@ def format_table(results: Mapping[int, Mapping[str, list[dict]]], cores: float) 
                 notes.append(f"  {images} images, {label}: {'; '.join(sorted(choices))}")
     lines.append(f"wall s: whole process, median [min-max] over rounds; images/s: images / "
                  f"median wall; CPU: process tree incl. workers, of {cores:g} usable cores; "
-                 "1st img s: process start to the first image out of the detector; ratios: "
+                 "1st img s, CPU s to 1st: wall and CPU seconds from process start to the first image "
+                 "out of the detector (start-up, model loading, worker processes); ratios: "
                  "median over rounds of the pair in the same round ((b)/row wall > 1: the row "
                  "is faster than tf.data); load: 1-min load average before-after")
     return "\n".join(lines + notes)
