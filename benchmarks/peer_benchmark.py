@@ -138,6 +138,10 @@ def spread(values: Sequence[float], spec: str = ".1f") -> str:
             f"[{format(min(values), spec)}-{format(max(values), spec)}]")
 
 
+def _median(values: Sequence[float]) -> str:
+    return f"{statistics.median(values):.1f}" if values else "-"
+
+
 def format_table(results: Mapping[int, Mapping[str, list[dict]]], cores: float) -> str:
     head = (f"{'variant':<26} {'images':>6} {'wall s [min-max]':>20} {'images/s':>8} "
             f"{'CPU ms/img [min-max]':>22} {'cores':>5} {'1st img s':>9} {'CPU s to 1st':>12} "
@@ -166,8 +170,7 @@ def format_table(results: Mapping[int, Mapping[str, list[dict]]], cores: float) 
                 f"{images / statistics.median(walls):>8.1f} "
                 f"{spread([r['cpu_ms'] for r in runs]):>22} "
                 f"{statistics.median(r['cores_busy'] for r in runs):>5.2f} "
-                f"{statistics.median(first) if first else float('nan'):>9.1f} "
-                f"{statistics.median(first_cpu) if first_cpu else float('nan'):>12.1f} "
+                f"{_median(first):>9} {_median(first_cpu):>12} "
                 f"{rss:>6.0f} "
                 f"{statistics.median(peer):>11.2f}x {statistics.median(loop_cpu):>10.2f}x "
                 f"{load:>9}")
