@@ -59,7 +59,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     local = _is_local_direct(options)
     running = ""
     if local:
-        mode = choose_local_mode(argv, config.input, skipping=bool(config.done_tables))
+        mode = choose_local_mode(argv, config.input, skipping=bool(config.done_tables),
+                                 verbose=bool(job.verbose))
         running = f"DirectRunner, {mode.reason}"
         if mode.flags:
             options = PipelineOptions([*argv, *mode.flags])

@@ -15,9 +15,9 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-__all__ = ["NOISE", "WORKER_NOISE", "quiet_startup", "quiet_worker_processes"]
+__all__ = ["NOISE", "WORKER_NOISE", "quiet_startup", "quiet_worker_processes", "worker_log_flags"]
 
 # Substrings of Python log messages that carry no action for the user.
 NOISE = (
@@ -32,6 +32,21 @@ NOISE = (
 # What Beam's local worker processes (multi_processing) write to the stderr they inherit
 # without being asked: their start-up INFO lines, and warnings no one can act on.
 WORKER_NOISE = (*NOISE, "semi_persistent_directory")
+
+
+# Beam's own setting for its worker processes' log level; they log errors only unless asked.
+WORKER_LOG_LEVEL = "ERROR"
+_LEVEL_FLAG = "--default_sdk_harness_log_level"
+
+
+def worker_log_flags(argv: Sequence[str], *, verbose: bool) -> tuple[str, ...]:
+    """``--default_sdk_harness_log_level=ERROR`` for local worker processes, unless ``argv``
+    sets it or the run is ``verbose``: the harness otherwise logs at INFO (``State channel
+    established``, ``Resource module is not available`` at every batch). The lines a worker
+    prints before it has read that option are dropped by ``quiet_worker_processes``."""
+    if verbose or any(word.split("=", 1)[0] == _LEVEL_FLAG for word in argv):
+        return ()
+    return (f"{_LEVEL_FLAG}={WORKER_LOG_LEVEL}",)
 
 
 def _worker_noise(line: str) -> bool:

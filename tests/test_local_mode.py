@@ -21,7 +21,23 @@ def test_short_input_runs_in_process(tmp_path):
 
 def test_long_input_gets_one_worker_per_core(tmp_path):
     mode = choose_local_mode([], _folder(tmp_path, LONG_INPUT_IMAGES), cores=2)
-    assert mode.flags == ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    assert mode.flags == ("--direct_running_mode=multi_processing", "--direct_num_workers=2",
+                          "--default_sdk_harness_log_level=ERROR")
+    assert "each worker: 1 TensorFlow/OpenCV threads" in mode.reason
+
+
+def test_workers_log_at_their_default_level_when_verbose_or_set(tmp_path):
+    spec = _folder(tmp_path, LONG_INPUT_IMAGES)
+    assert choose_local_mode([], spec, cores=2, verbose=True).flags[2:] == ()
+    argv = ["--default_sdk_harness_log_level=INFO"]
+    assert choose_local_mode(argv, spec, cores=2).flags[2:] == ()
+
+
+def test_explicit_multi_processing_workers_log_errors_only(tmp_path):
+    argv = ["--direct_running_mode=multi_processing", "--direct_num_workers=4"]
+    mode = choose_local_mode(argv, _folder(tmp_path, 3), cores=8)
+    assert mode.flags == ("--default_sdk_harness_log_level=ERROR",)
+    assert "each worker: 2 TensorFlow/OpenCV threads" in mode.reason
 
 
 def test_beam_flags_win(tmp_path):

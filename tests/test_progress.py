@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transforms.progress import CountProgress, format_progress, read_progress
+from transforms.progress import CountProgress, RateMeter, format_progress, read_progress
 from transforms.records import ImageRow
 
 
@@ -27,3 +27,16 @@ def test_progress_line_says_how_far_and_how_long():
     line = format_progress({"queued": 400, "done": 100, "errors": 2}, 10.0)
     assert line == "progress: 100/400 images (25%), 10.0 images/s, 2 errors, about 30 s left"
     assert read_progress("/nonexistent/folder") == {"queued": 0, "done": 0, "errors": 0}
+
+
+def test_progress_line_has_no_estimate_before_a_rate_is_measured():
+    line = format_progress({"queued": 3000, "done": 4, "errors": 0}, None)
+    assert line == "progress: 4/3000 images (0%), 0 errors"
+
+
+def test_rate_is_measured_from_the_first_image_done_not_from_the_start():
+    meter = RateMeter()
+    assert meter.update(0, 10.0) is None  # start-up: nothing done yet
+    assert meter.update(4, 20.0) is None  # the first images: no interval to measure yet
+    assert meter.update(4, 25.0) is None  # nothing new since
+    assert meter.update(104, 30.0) == 10.0  # 100 images in the 10 s since the first reading

@@ -20,7 +20,7 @@ import argparse
 import glob
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -30,7 +30,7 @@ from transforms.decoding import decode_image
 from transforms.records import DetectionRow
 from transforms.regions import select_regions
 
-__all__ = ["list_images", "run_loop", "write_detections"]
+__all__ = ["detect_and_classify", "list_images", "run_loop", "write_detections"]
 
 
 def _read_bytes(path: str) -> bytes:
@@ -60,15 +60,32 @@ def _classify_rows(pending: list[tuple[dict[str, Any], np.ndarray]], classifier:
     return rows
 
 
-def run_loop(paths: Sequence[str], *, detector: Any, classifier: Any, labels: Sequence[str],
-             detector_labels: Optional[Mapping[int, str]], min_score: float,
-             max_detections: int = 100, crop_padding: float = 0.0,
-             preprocess_mode: str = "unit", batch_size: int = 64, detector_model: str = "",
-             classifier_model: str = "") -> list[dict[str, Any]]:
-    """Runs the job's stages over ``paths`` in order, one image at a time.
+def _decoded(paths: Sequence[str]) -> Iterator[tuple[str, Optional[np.ndarray]]]:
+    for path in paths:
+        try:
+            yield path, decode_image(_read_bytes(path))
+        except Exception:  # noqa: BLE001 - one bad image never stops the loop
+            yield path, None  # the job writes a 'read' or 'decode' error row for it
+
+
+def run_loop(paths: Sequence[str], **settings: Any) -> list[dict[str, Any]]:
+    """Reads and decodes ``paths`` in order, one image at a time, with the job's decoder, and
+    runs ``detect_and_classify`` on them (``settings``: its keyword arguments)."""
+    return detect_and_classify(_decoded(paths), **settings)
+
+
+def detect_and_classify(decoded: Iterable[tuple[str, Optional[np.ndarray]]], *, detector: Any,
+                        classifier: Any, labels: Sequence[str],
+                        detector_labels: Optional[Mapping[int, str]], min_score: float,
+                        max_detections: int = 100, crop_padding: float = 0.0,
+                        preprocess_mode: str = "unit", batch_size: int = 64,
+                        detector_model: str = "",
+                        classifier_model: str = "") -> list[dict[str, Any]]:
+    """Runs the job's stages after decoding over ``decoded``, in order, one image at a time.
 
     Args:
-        paths: image paths (any Beam filesystem); ``image_path`` of the rows, as given.
+        decoded: ``(path, RGB uint8 pixels)`` pairs, pixels None for an image that could not be
+            read or decoded; ``path`` is the rows' ``image_path``, as given.
         detector: a loaded ``transforms.detection.DetectorModel``.
         classifier: a loaded ``transforms.classification.ClassifierModel``.
         labels: the classifier's labels, in its output order.
@@ -84,11 +101,9 @@ def run_loop(paths: Sequence[str], *, detector: Any, classifier: Any, labels: Se
     height, width = classifier.input_height, classifier.input_width
     rows: list[dict[str, Any]] = []
     pending: list[tuple[dict[str, Any], np.ndarray]] = []
-    for path in paths:
-        try:
-            pixels = decode_image(_read_bytes(path))
-        except Exception:  # noqa: BLE001, S112 - one bad image never stops the loop
-            continue  # the job writes a 'read' or 'decode' error row for it
+    for path, pixels in decoded:
+        if pixels is None:
+            continue
         (found,) = detector.detect([pixels])
         if found.error is not None:
             continue

@@ -20,7 +20,7 @@ import apache_beam as beam
 
 from transforms.records import STATUS_ERROR
 
-__all__ = ["CountProgress", "ProgressPrinter", "format_progress", "read_progress"]
+__all__ = ["CountProgress", "ProgressPrinter", "RateMeter", "format_progress", "read_progress"]
 
 _WRITE_EVERY_S = 1.0
 
@@ -91,19 +91,43 @@ def read_progress(folder: str) -> dict[str, int]:
     return totals
 
 
-def format_progress(totals: dict[str, int], seconds: float) -> str:
-    """``progress: 1200/5000 images (24%), 31.5 images/s, 3 errors, about 2 min left``."""
+def format_progress(totals: dict[str, int], rate: Optional[float]) -> str:
+    """``progress: 1200/5000 images (24%), 31.5 images/s, 3 errors, about 2 min left``.
+
+    ``rate``: images/s measured since the first image was done (``RateMeter``); None until it
+    can be, and then the line has no rate and no estimate: a rate counted from the start would
+    include the start-up and promise hours for a run of a minute.
+    """
     done, queued, errors = totals.get("done", 0), totals.get("queued", 0), totals.get("errors", 0)
-    rate = done / seconds if seconds > 0 else 0.0
     if queued and queued >= done:
         text = f"progress: {done}/{queued} images ({100 * done / queued:.0f}%)"
     else:
         text = f"progress: {done} images"
-    text += f", {rate:.1f} images/s, {errors} errors"
-    if queued > done and rate > 0:
+    if rate is not None:
+        text += f", {rate:.1f} images/s"
+    text += f", {errors} errors"
+    if queued > done and rate:
         left = (queued - done) / rate
         text += f", about {left:.0f} s left" if left < 120 else f", about {left / 60:.0f} min left"
     return text
+
+
+class RateMeter:
+    """Images/s between the first reading with an image done and the latest reading."""
+
+    def __init__(self) -> None:
+        self._first: Optional[tuple[float, int]] = None
+
+    def update(self, done: int, now: float) -> Optional[float]:
+        """The rate so far, or None while fewer than two readings have images done."""
+        if self._first is None:
+            if done > 0:
+                self._first = (now, done)
+            return None
+        since, done_then = self._first
+        if now <= since or done <= done_then:
+            return None
+        return (done - done_then) / (now - since)
 
 
 class ProgressPrinter:
@@ -115,10 +139,8 @@ class ProgressPrinter:
         self._stream = stream
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
-        self._start = time.monotonic()
 
     def __enter__(self) -> "ProgressPrinter":
-        self._start = time.monotonic()
         self._thread.start()
         return self
 
@@ -127,8 +149,9 @@ class ProgressPrinter:
         self._thread.join(timeout=5)
 
     def _loop(self) -> None:
+        meter = RateMeter()
         while not self._stop.wait(self._interval):
             totals = read_progress(self._folder)
+            rate = meter.update(totals.get("done", 0), time.monotonic())
             if totals.get("queued", 0) or totals.get("done", 0):
-                print(format_progress(totals, time.monotonic() - self._start),
-                      file=self._stream, flush=True)
+                print(format_progress(totals, rate), file=self._stream, flush=True)
