@@ -42,11 +42,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from transforms.boxes import iou_matrix
-from transforms.labels import read_label_map
+from transforms.labels import BACKGROUND, read_label_map
 
 __all__ = ["BACKGROUND", "evaluate", "greedy_match", "load_detections"]
 
-BACKGROUND = "background"
 MATCH_IOU = 0.5
 
 

@@ -26,6 +26,7 @@ from typing import Any, Optional
 import numpy as np
 
 from transforms.boxes import crop_box, resize_to
+from transforms.classification import best_classes
 from transforms.decoding import decode_image
 from transforms.records import DetectionRow
 from transforms.regions import select_regions
@@ -49,14 +50,11 @@ def _classify_rows(pending: list[tuple[dict[str, Any], np.ndarray]], classifier:
     except Exception:  # noqa: BLE001 - any failure of the batch, as the job's dead letters
         return []  # the job counts a failed batch against each of its images; no rows
     rows = []
-    for (fields, _), row in zip(pending, probabilities):
-        if not np.all(np.isfinite(row)):
+    for (fields, _), answer in zip(pending, best_classes(np.asarray(probabilities))):
+        if answer.error is not None or not 0 <= answer.class_id < len(labels):
             continue
-        best = int(np.argmax(row))
-        if not 0 <= best < len(labels):
-            continue
-        rows.append(DetectionRow(class_id=best, label=labels[best],
-                                 confidence=float(row[best]), **fields).to_dict())
+        rows.append(DetectionRow(class_id=answer.class_id, label=labels[answer.class_id],
+                                 confidence=answer.confidence, **fields).to_dict())
     return rows
 
 

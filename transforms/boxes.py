@@ -9,6 +9,7 @@ import numpy as np
 __all__ = [
     "clip_boxes",
     "crop_box",
+    "box_areas",
     "intersection_areas",
     "iou_matrix",
     "normalized_to_pixels",
@@ -69,7 +70,8 @@ def resize_to(crop: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(crop, (width, height), interpolation=interpolation)
 
 
-def _areas(boxes: np.ndarray) -> np.ndarray:
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    """Areas of boxes ``[N, 4]`` (``ymin, xmin, ymax, xmax``); inverted sides count as 0."""
     return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
 
 
@@ -89,6 +91,6 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     inter = intersection_areas(a, b)
-    union = _areas(a)[:, None] + _areas(b)[None, :] - inter
+    union = box_areas(a)[:, None] + box_areas(b)[None, :] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)

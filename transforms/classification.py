@@ -17,6 +17,7 @@ from transforms.tf_runtime import configure_tensorflow
 __all__ = [
     "ClassifierModel",
     "KerasClassifierModelHandler",
+    "best_classes",
     "crops_in",
     "PREPROCESS_MODES",
     "preprocess",
@@ -169,7 +170,7 @@ class KerasClassifierModelHandler(ModelHandler[ImageRegions, PredictionResult, C
         # One image with more crops than a batch is classified in several calls.
         chunks = [model.classify(crops[start:start + self._batch_size], self._preprocess_mode)
                   for start in range(0, len(crops), self._batch_size)]
-        answers = iter(_answers(np.concatenate(chunks)) if chunks else ())
+        answers = iter(best_classes(np.concatenate(chunks)) if chunks else ())
         return [PredictionResult(image, tuple(None if region.crop is None else next(answers)
                                               for region in image.regions), self._model_path)
                 for image in batch]
@@ -181,7 +182,7 @@ class KerasClassifierModelHandler(ModelHandler[ImageRegions, PredictionResult, C
         return "ClassifyRegions"
 
 
-def _answers(probabilities: np.ndarray) -> list[Classification]:
+def best_classes(probabilities: np.ndarray) -> list[Classification]:
     """The best class and its probability per row; a row with NaN or inf is an error."""
     finite = np.isfinite(probabilities).all(axis=1).tolist()
     best = np.argmax(probabilities, axis=1)

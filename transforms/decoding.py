@@ -17,6 +17,7 @@ __all__ = [
     "DecodeError",
     "decoder_pixel_limit",
     "decode_image",
+    "encode_png",
     "image_format",
     "image_size_from_header",
 ]
@@ -244,3 +245,17 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
             f"decoded image is {pixels.shape[1]}x{pixels.shape[0]} pixels, over the limit of "
             f"{max_pixels} (raise --max_image_pixels to process it)")
     return np.ascontiguousarray(pixels)
+
+
+def encode_png(image: np.ndarray, *, compression: int = 3) -> bytes:
+    """Lossless PNG bytes of an RGB uint8 ``[H, W, 3]`` array (any strides). ``compression``
+    is zlib's level; 0 also turns PNG's row filters off: the fastest, for bytes that never
+    leave the process."""
+    bgr = np.ascontiguousarray(image[..., ::-1])  # OpenCV writes BGR
+    params = [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
+    if compression == 0:
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    ok, encoded = cv2.imencode(".png", bgr, params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {list(image.shape)} image as PNG")
+    return encoded.tobytes()

@@ -7,9 +7,13 @@ import unicodedata
 
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["LabelError", "check_label", "parse_label_map", "read_label_map", "read_labels"]
+__all__ = ["BACKGROUND", "LabelError", "check_label", "parse_label_map", "read_label_map",
+           "read_labels"]
 
 _BOM = "\ufeff"
+# The classifier label for "no object here": its rows are written like any other; the
+# evaluator and the COCO export leave them out.
+BACKGROUND = "background"
 
 
 class LabelError(ValueError):

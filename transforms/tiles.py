@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from transforms.boxes import intersection_areas, normalized_to_pixels
+from transforms.boxes import box_areas, intersection_areas, normalized_to_pixels
 from transforms.records import Detections
 
 __all__ = [
@@ -103,10 +103,6 @@ def tile_grid(height: int, width: int, tile_size: int, overlap: float) -> np.nda
     return np.stack([top, left, top + tile_h, left + tile_w], axis=1)
 
 
-def _areas(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-
-
 def _extents(boxes: np.ndarray, groups: np.ndarray, names: np.ndarray) -> np.ndarray:
     """The bounding box of each group's boxes (NaN for a group of only non-finite boxes)."""
     extents = np.full((len(names), 4), np.nan)
@@ -141,7 +137,7 @@ def _inside(boxes: np.ndarray, regions: np.ndarray) -> np.ndarray:
 def _matches(boxes: np.ndarray, classes: np.ndarray, groups: np.ndarray | None,
              regions: np.ndarray, finite: np.ndarray, threshold: float) -> dict[int, list[int]]:
     """For each box, the boxes that are the same object (see ``merge_detections``)."""
-    areas = _areas(boxes)
+    areas = box_areas(boxes)
     partners: dict[int, list[int]] = {}
     for rows, cols in _candidate_pairs(boxes, groups):
         inter = intersection_areas(boxes[rows], boxes[cols])

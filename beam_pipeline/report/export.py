@@ -15,12 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beam_pipeline.report.data import to_crops
-from beam_pipeline.report.pictures import cut_crop, encode_png, load_image
+from beam_pipeline.report.pictures import cut_crop, load_image
+from transforms.decoding import encode_png
+from transforms.labels import BACKGROUND
 
 __all__ = ["BACKGROUND", "REVIEW_CSV", "coco_dataset", "csv_cell", "export_coco",
            "export_review", "safe_name"]
 
-BACKGROUND = "background"
 REVIEW_CSV = "review.csv"
 REVIEW_COLUMNS = ["file", "image_path", "roi_index", "box_ymin", "box_xmin", "box_ymax",
                   "box_xmax", "label", "confidence", "detector_score", "error"]
@@ -84,8 +85,8 @@ def coco_dataset(images: pa.Table, detections: pa.Table, *,
     Each annotation is a detection result: ``bbox`` ``[x, y, w, h]`` in pixels, ``category_id``
     from ``label``, ``score`` = detector score x classifier confidence, and the two scores kept
     as ``detector_score`` and ``confidence``. Rows labelled ``background`` are rejections and
-    are left out unless ``include_background``; regions the job did not classify always are. ``file_name`` is the path below the images'
-    common folder; ``path`` the full one.
+    are left out unless ``include_background``; regions the job did not classify always are.
+    ``file_name`` is the path below the images' common folder; ``path`` the full one.
     """
     if detections.num_rows:  # regions the job did not classify have the label ""
         detections = detections.filter(pc.not_equal(detections["label"], ""))

@@ -13,14 +13,13 @@ import numpy as np
 
 from beam_pipeline.report.data import Crop
 from transforms.boxes import clip_boxes, crop_box, resize_to
-from transforms.decoding import decode_image
+from transforms.decoding import decode_image, encode_png
 
 __all__ = [
     "Picture",
     "cut_crop",
     "data_uri",
     "draw_boxes",
-    "encode_png",
     "load_image",
     "placeholder",
     "render_pictures",
@@ -64,13 +63,6 @@ def load_image(path: str) -> tuple[np.ndarray | None, str | None]:
         return decode_image(data), None
     except Exception as exc:  # noqa: BLE001 (a placeholder, never a crash)
         return None, f"cannot decode: {str(exc)[:200]}"
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return encoded.tobytes()
 
 
 def _encode_jpeg(rgb: np.ndarray) -> bytes:
