@@ -29,7 +29,7 @@ from transforms.box_formats import (
 )
 from transforms.decoding import encode_png
 from transforms.model_files import local_model_path
-from transforms.records import DecodedImage, Detections
+from transforms.records import DecodedImage, Detections, short_message
 from transforms.tf_runtime import configure_tensorflow
 
 __all__ = [
@@ -363,8 +363,9 @@ class DetectorModel:
         info = outputs[IMAGE_INFO_KEY][index] if self.box_format == IMAGE_INFO else None
         problem = box_range_problem(found.boxes, self.box_format, height, width, info)
         if problem is not None:
-            return Detections.failed(f"{problem} (boxes read as {self.box_format}; "
-                                     "--detector_box_format states the convention)"[:500])
+            return Detections.failed(short_message(
+                f"{problem} (boxes read as {self.box_format}; --detector_box_format states "
+                "the convention)"))
         return dataclasses.replace(
             found, boxes=to_normalized(found.boxes, self.box_format, height, width, info))
 
@@ -393,7 +394,7 @@ class DetectorModel:
             try:
                 results.append(self._read(self._call([image]), 0, image))
             except Exception as exc:  # noqa: BLE001  # pylint: disable=broad-except
-                results.append(Detections.failed(f"{type(exc).__name__}: {exc}"[:500]))
+                results.append(Detections.failed(short_message(f"{type(exc).__name__}: {exc}")))
         return results
 
     def detect_tiled(self, image: np.ndarray, tiling: Any) -> Detections:

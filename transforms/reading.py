@@ -16,7 +16,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.decoding import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
-from transforms.records import METRICS_NAMESPACE, DecodedImage, ImageRow
+from transforms.records import METRICS_NAMESPACE, DecodedImage, ErrorStage, ImageRow
 from transforms.retrying import RetryPolicy, call_with_retries, is_transient
 
 __all__ = [
@@ -313,15 +313,16 @@ class ReadAndDecodeFn(beam.DoFn):
             data = self._read_bytes(path)
         except _ReadError as exc:
             self._failed_read.inc()
-            yield beam.pvalue.TaggedOutput(FAILED_TAG, ImageRow.failed(path, "read",
-                                                                       str(exc)[:1000]))
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, ImageRow.failed(path, ErrorStage.READ,
+                                                                       str(exc)))
             return
         self._bytes.update(len(data))
         try:
             pixels = decode_image(data, max_pixels=self._max_pixels)
         except DecodeError as exc:
             self._failed_decode.inc()
-            yield beam.pvalue.TaggedOutput(FAILED_TAG, ImageRow.failed(path, "decode", str(exc)))
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, ImageRow.failed(path, ErrorStage.DECODE,
+                                                                       str(exc)))
             return
         self._decoded.inc()
         yield DecodedImage(path, pixels)

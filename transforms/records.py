@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any, Optional
 
 import numpy as np
@@ -10,6 +11,8 @@ import pyarrow as pa
 
 __all__ = [
     "DETECTIONS_SCHEMA",
+    "ERROR_STAGES",
+    "MESSAGE_LIMIT",
     "METRICS_NAMESPACE",
     "IMAGES_SCHEMA",
     "STATUS_ERROR",
@@ -17,16 +20,38 @@ __all__ = [
     "Classification",
     "DecodedImage",
     "Detections",
+    "ErrorStage",
     "DetectionRow",
     "ImageRegions",
     "ImageRow",
     "Region",
+    "short_message",
 ]
 
 # Namespace of the job's own Beam counters and distributions (README, "Metrics").
 METRICS_NAMESPACE = "beam_detect_classify"
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+
+
+class ErrorStage(str, enum.Enum):
+    """Where an image failed: the ``error_stage`` column of ``images``, in pipeline order."""
+
+    READ = "read"
+    DECODE = "decode"
+    DETECT = "detect"
+    CLASSIFY = "classify"
+
+
+ERROR_STAGES = tuple(stage.value for stage in ErrorStage)
+# The longest error message a row holds: enough for a person to act on, never a whole dump.
+MESSAGE_LIMIT = 1000
+
+
+def short_message(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters (with an ellipsis when cut)."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
 
 # The public contract: add columns, never change or remove them (README, "Output").
 DETECTIONS_SCHEMA = pa.schema(
@@ -187,10 +212,10 @@ class ImageRow:
         return row
 
     @classmethod
-    def failed(cls, path: str, stage: str, error: str, *, width: Optional[int] = None,
+    def failed(cls, path: str, stage: ErrorStage, error: str, *, width: Optional[int] = None,
                height: Optional[int] = None) -> "ImageRow":
         return cls(image_path=path, status=STATUS_ERROR, width=width, height=height,
-                   error_stage=stage, error=error)
+                   error_stage=ErrorStage(stage).value, error=short_message(error))
 
 
 _DETECTION_FIELDS = tuple(field.name for field in dataclasses.fields(DetectionRow))

@@ -21,6 +21,7 @@ from transforms.records import (
     METRICS_NAMESPACE,
     STATUS_OK,
     Detections,
+    ErrorStage,
     ImageRegions,
     ImageRow,
     Region,
@@ -86,7 +87,8 @@ class CropRegionsFn(beam.DoFn):
         if detections.error is not None:
             self._failed.inc()
             yield beam.pvalue.TaggedOutput(IMAGES_TAG, ImageRow.failed(
-                image.path, "detect", detections.error, width=image.width, height=image.height))
+                image.path, ErrorStage.DETECT, detections.error, width=image.width,
+                height=image.height))
             return
         self._detected.inc(len(detections.scores))
         keep, boxes, dropped = select_regions(

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from transforms.boxes import box_areas, intersection_areas, normalized_to_pixels
-from transforms.records import Detections
+from transforms.records import Detections, short_message
 
 __all__ = [
     "FULL_IMAGE_GROUP",
@@ -269,7 +269,7 @@ def detect_tiled(model: Detector, image: np.ndarray, config: TilingConfig) -> De
         if tile_found.error is not None:
             where = "the whole image" if group == FULL_IMAGE_GROUP else (
                 f"tile {group} at row {region[0]}, column {region[1]}")
-            return Detections.failed(f"{where}: {tile_found.error}"[:500])
+            return Detections.failed(short_message(f"{where}: {tile_found.error}"))
         top, left, bottom, right = (int(v) for v in region)
         local = normalized_to_pixels(tile_found.boxes, bottom - top, right - left)
         pixels = local + np.array([top, left, top, left], np.float32)
