@@ -136,6 +136,13 @@ class DetectClassifyOptions(PipelineOptions):
             help="Fail the job (exit 3) when errors / images read exceeds this (0..1), after "
                  "writing the rows and the run record. Default: no gate.")
         group.add_argument(
+            "--commit_every", type=int, default=None, metavar="IMAGES",
+            help="Make finished images durable in steps of this many images (final Parquet "
+                 "files and a commit record per step); after a crash the same command again "
+                 "resumes from the last commit (docs/commits.md). 0 = off: the run is one "
+                 "step. Default: 5000 on local runners (DirectRunner, Prism), off on "
+                 "distributed ones, whose engine retries failed work.")
+        group.add_argument(
             "--progress", nargs="?", const=True, default=True, type=switch,
             help="Print a progress line to stderr every 10 s on the DirectRunner. "
                  "--progress=false turns it off.")

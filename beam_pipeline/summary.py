@@ -69,6 +69,11 @@ def format_summary(values: Mapping[str, float], record: Optional[Mapping[str, An
     if config.record.get("skip_done_in", {}).get("patterns"):
         earlier = len(config.record["skip_done_in"]["complete_runs_with_this_fingerprint"])
         lines.append(f"skipping: {earlier} earlier complete runs with this fingerprint")
+    committed = (record or {}).get("commits")
+    if committed:
+        lines.append(f"commits: {committed['count']} of up to {committed['every']} images; "
+                     f"resumed: {committed['images_resumed']} images from "
+                     f"{int(values.get('commits_resumed', 0))} earlier commits")
     loads = (int(values.get("DetectObjects.load_model_latency_milli_secs.count", 0)),
              int(values.get("ClassifyRegions.load_model_latency_milli_secs.count", 0)))
     if values:

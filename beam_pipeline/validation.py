@@ -8,6 +8,7 @@ from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipeline.commits import commit_every, fingerprint_difference, read_commits, resumable
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.pipeline import JobConfig
 from beam_pipeline.runs import complete_outputs, run_identity, table_files
@@ -35,7 +36,7 @@ from transforms.reading import (
 )
 from transforms.tf_runtime import configure_tensorflow
 from transforms.tiles import TilingConfig
-from transforms.writing import RUN_RECORD, TABLES, delete_tables
+from transforms.writing import COMMITS, RUN_RECORD, TABLES, delete_tables
 
 __all__ = ["ConfigError", "check_input", "check_output", "validate"]
 
@@ -82,9 +83,10 @@ def _check_numbers(opts: DetectClassifyOptions) -> None:
                           "0 and 1")
 
 
-def check_output(output: str, *, overwrite: bool) -> None:
+def check_output(output: str, *, overwrite: bool, resume: bool = False) -> None:
     """Refuses an output folder that holds an earlier run's tables, complete or not (unless
-    ``overwrite``) and proves the folder is writable by writing and deleting a probe file.
+    ``overwrite``, or ``resume`` for an unfinished run with commits, which the same command
+    resumes) and proves the folder is writable by writing and deleting a probe file.
 
     Nothing is deleted here: ``validate`` deletes the earlier tables only once every other check
     has passed, so a configuration mistake never costs an earlier run's results.
@@ -94,10 +96,14 @@ def check_output(output: str, *, overwrite: bool) -> None:
                           "detections/, images/ and run.json): choose another path")
     existing = [FileSystems.join(output, t) for t in TABLES
                 if FileSystems.match([FileSystems.join(output, t, "*")])[0].metadata_list]
-    if existing and not overwrite:
-        complete = FileSystems.exists(FileSystems.join(output, RUN_RECORD))
+    complete = FileSystems.exists(FileSystems.join(output, RUN_RECORD))
+    if existing and not overwrite and not (resume and not complete):
         state = "finished" if complete else f"unfinished, no {RUN_RECORD}"
-        raise ConfigError(f"--output {output} already holds a run's tables ({state}: "
+        hint = ""
+        if not complete and FileSystems.match(
+                [FileSystems.join(output, COMMITS, "commit-*.json")])[0].metadata_list:
+            hint = " (it has commits: run its command again, with --commit_every on, to resume)"
+        raise ConfigError(f"--output {output} already holds a run's tables ({state}{hint}: "
                           f"{', '.join(existing)}); pass --overwrite to replace them, or "
                           "choose another --output")
     probe = FileSystems.join(output, f".write-probe-{uuid.uuid4().hex}")
@@ -233,7 +239,16 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
     except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
         raise ConfigError(f"--classifier_labels {labels_path} cannot be read as UTF-8 text, one "
                           f"label per line: {str(exc).splitlines()[0]}") from exc
-    check_output(opts.output, overwrite=opts.overwrite)
+    every = commit_every(opts)
+    if every < 0:
+        raise ConfigError(f"--commit_every={every} must be 0 (off) or a number of images")
+    try:
+        commits = read_commits(opts.output) if every and not opts.overwrite else []
+    except ValueError as exc:
+        raise ConfigError(f"--output {opts.output}: {exc}; pass --overwrite to start afresh"
+                          ) from exc
+    check_output(opts.output, overwrite=opts.overwrite,
+                 resume=bool(every) and not opts.overwrite and resumable(opts.output))
     configure_tensorflow()  # loads TensorFlow once, its start-up noise filtered
     try:
         detector = DetectorModel(local_model_path(opts.detector_model))
@@ -265,6 +280,17 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
                      "tile_size": opts.tile_size,
                      **({"tile_overlap": opts.tile_overlap,
                          "tile_full_image": opts.tile_full_image} if opts.tile_size else {})})
+    for commit in commits[:1]:  # every commit of a folder has its first one's fingerprint
+        if commit.get("fingerprint") != identity.fingerprint:
+            raise ConfigError(
+                f"--output {opts.output} holds an unfinished run ({len(commits)} commits) made "
+                "with other settings: "
+                + fingerprint_difference(commit.get("fingerprint_parts", {}), identity.parts)
+                + "; run its own command again to resume it, or pass --overwrite to start "
+                "afresh")
+        # One run across its attempts: its id and start are the first attempt's.
+        identity = identity._replace(run_id=commit["run_id"], record={
+            **identity.record, "run_id": commit["run_id"], "started": commit["started"]})
     done = complete_outputs(opts.skip_done_in or [], exclude=[opts.output])
     done = [(folder, record) for folder, record in done
             if record.get("fingerprint") == identity.fingerprint]
@@ -290,7 +316,8 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
         tiling=TilingConfig(opts.tile_size, overlap=opts.tile_overlap,
                             full_image=opts.tile_full_image,
                             batch_size=opts.tile_batch_size) if opts.tile_size else None,
-        classify_detector_classes=classify_classes)
+        classify_detector_classes=classify_classes, commit_every=every,
+        fingerprint_parts=identity.parts)
 
 
 def parse_detector_classes(value: Optional[str],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Optional
 
@@ -30,12 +32,17 @@ __all__ = [
     "FAILED_REGIONS_TAG",
     "SUCCESS_MARKER",
     "TABLES",
+    "COMMITS",
+    "COMMIT_PART_PREFIX",
+    "COMMIT_RECORD",
+    "RUN_LOCK",
     "CountDetectionRows",
     "CountImageRows",
     "RowsToTablesFn",
     "ToRowsFn",
     "WriteParquetTable",
     "delete_tables",
+    "delete_uncommitted",
     "failed_batch_rows",
     "image_row",
     "write_success_marker",
@@ -49,6 +56,17 @@ TABLES = ("detections", "images")
 SUCCESS_MARKER = "_SUCCESS"
 # The run record (beam_pipeline.runs): written after _SUCCESS, the run's very last act.
 RUN_RECORD = "run.json"
+# Committed progress (beam_pipeline.commits): each commit's final part files in the tables are
+# named COMMIT_PART_PREFIX + its 5-digit index (``images/part-c00003-00000-of-00001.parquet``),
+# its record is ``COMMITS/commit-00003.json`` (written last, by temp + rename: a commit without
+# its record is absent), and RUN_LOCK (pid and host of the run writing the folder) keeps a
+# second run of the same command out while one is running.
+COMMITS = "_commits"
+COMMIT_RECORD = "commit-{index:05d}.json"
+COMMIT_PART_PREFIX = "part-c"
+RUN_LOCK = "_run.lock"
+# Beam's file sinks write into TABLE/beam-temp-<prefix>-<uuid>/ and rename into place.
+BEAM_TEMP_PREFIX = "beam-temp-"
 # Rows per Arrow table, and so per Parquet row group at most.
 ROWS_PER_ROW_GROUP = 10_000
 
@@ -173,16 +191,17 @@ class RowsToTablesFn(beam.DoFn):
 
 class WriteParquetTable(beam.PTransform):
     """Writes dict rows (or lists of them) as a compressed Parquet dataset
-    ``OUTPUT/<table>/part-*.parquet``.
+    ``OUTPUT/<table>/part-*.parquet`` (``part_prefix``: a commit's ``part-c00003-*``).
 
     Returns ``{"tables": ..., "files": ...}``: the Arrow tables written (the run's counts are
     taken from them, one element per table rather than per row) and the final file names,
     emitted only once the files are renamed into place.
     """
 
-    def __init__(self, output: str, table: str, *, num_shards: int = 0):
+    def __init__(self, output: str, table: str, *, num_shards: int = 0,
+                 part_prefix: str = "part"):
         super().__init__()
-        self._prefix = FileSystems.join(output, table, "part")
+        self._prefix = FileSystems.join(output, table, part_prefix)
         self._schema = {"detections": DETECTIONS_SCHEMA, "images": IMAGES_SCHEMA}[table]
         self._num_shards = num_shards
 
@@ -248,8 +267,13 @@ def delete_tables(output: str) -> None:
         marker = FileSystems.join(output, name)
         if FileSystems.exists(marker):
             FileSystems.delete([marker])
-    for table in TABLES:
+    commits = FileSystems.join(output, COMMITS)
+    for table in (*TABLES, COMMITS):
         folder = FileSystems.join(output, table)
+        if folder == commits and is_local_path(output):
+            if FileSystems.exists(folder):
+                FileSystems.delete([folder])
+            continue
         if is_local_path(output):
             if FileSystems.exists(folder):
                 FileSystems.delete([folder])
@@ -264,3 +288,31 @@ def write_success_marker(output: str) -> None:
     """Marks ``output`` as holding the complete tables of a finished run."""
     with FileSystems.create(FileSystems.join(output, SUCCESS_MARKER)) as handle:
         handle.write(b"complete\n")  # not empty: S3 refuses an upload with no parts
+
+
+def delete_uncommitted(output: str, committed: Iterable[str]) -> list[str]:
+    """Deletes what an interrupted commit left in the tables of ``output``: commit part files
+    (``COMMIT_PART_PREFIX``) that no commit record lists (``committed``: their paths relative
+    to ``output``, e.g. ``images/part-c00003-00000-of-00001.parquet``) and Beam's temporary
+    folders. Other files are left alone. Returns the relative paths deleted."""
+    keep = set(committed)
+    deleted = []
+    for table in TABLES:
+        folder = FileSystems.join(output, table)
+        if is_local_path(output):
+            local = folder.removeprefix("file://")
+            names = sorted(os.listdir(local)) if os.path.isdir(local) else []
+            found = [(name, os.path.join(local, name)) for name in names]
+        else:  # object stores: every object under the prefix
+            found = [(m.path[len(folder):].lstrip("/"), m.path)
+                     for m in FileSystems.match([folder + "/**"])[0].metadata_list]
+        for name, path in found:
+            if name.startswith(BEAM_TEMP_PREFIX) and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif (name.startswith(COMMIT_PART_PREFIX) or name.startswith(BEAM_TEMP_PREFIX)) \
+                    and f"{table}/{name}" not in keep:
+                FileSystems.delete([path])
+            else:
+                continue
+            deleted.append(f"{table}/{name}")
+    return deleted
