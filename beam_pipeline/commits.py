@@ -222,18 +222,23 @@ def list_input(spec: InputSpec, *, sample: float = 1.0) -> list[str]:
 
 
 def _read_columns(paths: Sequence[str], columns: Sequence[str]):
-    import pyarrow.dataset as ds
+    """Columns of Parquet files, local or through Beam's filesystems (which carry the
+    ``--s3_*``/GCS options); None for no files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     if not paths:
         return None
     if all(is_local_path(path) for path in paths):
+        import pyarrow.dataset as ds
+
         return ds.dataset([p.removeprefix("file://") for p in paths],
                           format="parquet").to_table(columns=list(columns))
-    from pyarrow import fs as pafs
-
-    filesystem, _ = pafs.FileSystem.from_uri(paths[0])
-    return ds.dataset([p.split("://", 1)[1] for p in paths], format="parquet",
-                      filesystem=filesystem).to_table(columns=list(columns))
+    tables = []
+    for path in paths:
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            tables.append(pq.read_table(pa.BufferReader(handle.read()), columns=list(columns)))
+    return pa.concat_tables(tables)
 
 
 def committed_paths(output: str, commits: Iterable[Mapping[str, Any]]) -> set[str]:

@@ -82,7 +82,8 @@ def format_summary(values: Mapping[str, float], record: Optional[Mapping[str, An
         lines.append("models:  this runner reports no metrics to the launcher; counts above "
                      "come from the run record")
     total = startup_s + run_s
-    rate = read / run_s if run_s > 0 else 0.0
+    resumed = int(((record or {}).get("commits") or {}).get("images_resumed", 0))
+    rate = (read - resumed) / run_s if run_s > 0 else 0.0  # this attempt's images only
     lines += [
         f"time:    {total:.1f} s ({startup_s:.1f} s start-up and checks, {run_s:.1f} s "
         f"running, {rate:.1f} images/s)",
