@@ -22,15 +22,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipeline.run_lock import RunLock, RunLocked
 from transforms import writing
 from transforms.model_files import is_local_path
 from transforms.reading import InputSpec, listed_kind, parse_manifest_line
@@ -65,10 +64,6 @@ LOCAL_RUNNERS = ("DirectRunner", "direct", "BundleBasedDirectRunner", "Switching
 
 class RunStopped(RuntimeError):
     """A step failed; what earlier steps committed is kept, and the message says so."""
-
-
-class RunLocked(RuntimeError):
-    """Another live run holds the output folder's lock."""
 
 
 def commit_every(opts: Any) -> int:
@@ -259,85 +254,6 @@ def done_paths(done_tables: Sequence[str], fingerprint: str) -> set[str]:
         return set()
     return {path for path, status, print_ in zip(*(table.column(c).to_pylist() for c in (
         "image_path", "status", "fingerprint"))) if status == STATUS_OK and print_ == fingerprint}
-
-
-# -- The lock --------------------------------------------------------------------------------------
-
-class RunLock:
-    """``OUTPUT/_run.lock``, created with ``O_EXCL`` and holding the pid and host of the run.
-
-    A lock whose process is gone (same host, pid not alive) is stale and taken over. Object
-    stores have no exclusive create: there the lock is not taken (docs/commits.md).
-    """
-
-    def __init__(self, output: str):
-        self._output = output
-        self._path: Optional[str] = None
-
-    def __enter__(self) -> "RunLock":
-        if not is_local_path(self._output):
-            return self
-        folder = self._output.removeprefix("file://")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, writing.RUN_LOCK)
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _lock_holder(path)
-                if holder is not None and not _is_stale(holder):
-                    raise RunLocked(
-                        f"--output {self._output} is being written by another run (pid "
-                        f"{holder.get('pid')} on {holder.get('host')} since "
-                        f"{holder.get('since')}); wait for it to finish, or if no such run is "
-                        f"alive delete {path}") from None
-                try:
-                    os.unlink(path)  # stale: its process is gone
-                except FileNotFoundError:
-                    pass
-                continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                           "since": _utc_now()}, handle)
-            self._path = path
-            return self
-        raise RunLocked(f"--output {self._output}: cannot take {path}; another run is "
-                        "starting in this folder")
-
-    def __exit__(self, *exc_info) -> None:
-        if self._path is not None:
-            try:
-                os.unlink(self._path)
-            except FileNotFoundError:
-                pass
-            self._path = None
-
-
-def _lock_holder(path: str) -> Optional[dict[str, Any]]:
-    for _ in range(20):  # the holder writes its pid right after creating the file
-        try:
-            with open(path) as handle:
-                text = handle.read()
-            if text:
-                return json.loads(text)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    return {"pid": "?", "host": "?", "since": "?", "unreadable": True}
-
-
-def _is_stale(holder: Mapping[str, Any]) -> bool:
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-        return False  # another machine's process, or a lock being written: cannot tell
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 # -- Running in commits ---------------------------------------------------------------------------
