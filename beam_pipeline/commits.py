@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,6 +39,7 @@ from transforms.skipping import in_sample
 
 __all__ = [
     "COMMIT_VERSION",
+    "AUTO",
     "DEFAULT_LOCAL_COMMIT_EVERY",
     "LOCAL_RUNNERS",
     "RunLock",
@@ -46,6 +48,7 @@ __all__ = [
     "commit_every",
     "fingerprint_difference",
     "list_input",
+    "next_step_size",
     "read_commits",
     "resumable",
     "run_in_commits",
@@ -53,10 +56,15 @@ __all__ = [
 ]
 
 COMMIT_VERSION = 1
-# Images per commit on a local runner: at the bundled models' ~25 images/s on 2 cores about
-# 3 minutes of work, at most what a crash costs; each step costs a pipeline start (measured in
-# docs/commits.md).
-DEFAULT_LOCAL_COMMIT_EVERY = 5000
+# The local default: steps of about AUTO_STEP_S of work each, sized from the rate of the step
+# before (a step's cost is a pipeline start: about 2-5 s in process, 20 s or more with
+# multi_processing workers, docs/commits.md); the first step, before any rate is known, has
+# FIRST_AUTO_STEP images. So a crash loses at most about 10 minutes or FIRST_AUTO_STEP images.
+AUTO = -1
+AUTO_STEP_S = 600.0
+FIRST_AUTO_STEP = 5000
+MIN_AUTO_STEP, MAX_AUTO_STEP = 1000, 200_000
+DEFAULT_LOCAL_COMMIT_EVERY = AUTO
 # Runners where nothing retries failed work, so commits are on by default.
 LOCAL_RUNNERS = ("DirectRunner", "direct", "BundleBasedDirectRunner", "SwitchingDirectRunner",
                  "PrismRunner", "prism")
@@ -67,7 +75,8 @@ class RunStopped(RuntimeError):
 
 
 def commit_every(opts: Any) -> int:
-    """``--commit_every`` as given, or its default for the runner (0 = off)."""
+    """``--commit_every`` as given, or its default for the runner (0 = off, AUTO = steps of
+    about ``AUTO_STEP_S``)."""
     from apache_beam.options.pipeline_options import StandardOptions
 
     if opts.commit_every is not None:
@@ -258,6 +267,16 @@ def done_paths(done_tables: Sequence[str], fingerprint: str) -> set[str]:
 
 # -- Running in commits ---------------------------------------------------------------------------
 
+def next_step_size(every: int, last: Optional[tuple[int, float]]) -> int:
+    """Images in the next step: ``every`` when set; for AUTO, FIRST_AUTO_STEP and then about
+    AUTO_STEP_S at the rate of the step before (``last``: its images and seconds)."""
+    if every != AUTO:
+        return every
+    if last is None or last[0] <= 0 or last[1] <= 0:
+        return FIRST_AUTO_STEP
+    return max(MIN_AUTO_STEP, min(MAX_AUTO_STEP, round(last[0] / last[1] * AUTO_STEP_S)))
+
+
 def _add(total: dict, values: Mapping[str, Any]) -> dict:
     for key, value in values.items():
         total[key] = total.get(key, 0) + (value or 0)
@@ -290,23 +309,23 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
         todo = [path for path in listed if path not in held and path not in done]
         skipped = sum(1 for path in listed if path in done and path not in held)
         resumed = sum(1 for path in listed if path in held)
-        steps = [todo[start:start + every] for start in range(0, len(todo), every)]
-        if not steps and not earlier:
-            steps = [[]]  # nothing to do: one empty step still writes the (empty) tables
         if progress_folder:
             _write_queued(progress_folder, len(todo))
         first = (earlier[-1]["commit"] + 1) if earlier else 0
         header = {"run_id": config.run_id, "fingerprint": config.fingerprint,
                   "fingerprint_parts": dict(config.fingerprint_parts),
-                  "started": config.record.get("started"), "commit_every": every,
-                  "attempt": _utc_now()}
+                  "started": config.record.get("started"),
+                  "commit_every": "auto" if every == AUTO else every, "attempt": _utc_now()}
         values: dict[str, float] = {}
-        for offset, paths in enumerate(steps):
-            index = first + offset
+        position, last, index = 0, None, first
+        # Nothing to do and nothing committed: one empty step still writes the empty tables.
+        while position < len(todo) or (index == first and not earlier):
+            paths = todo[position:position + next_step_size(every, last)]
             step = dataclasses.replace(
                 config, input_paths=tuple(paths), part_prefix=f"{writing.COMMIT_PART_PREFIX}"
                 f"{index:05d}", commit_index=index, commit_header=header, done_tables=(),
                 sample=1.0)
+            began = time.monotonic()
             try:
                 _add(values, run_step(step))
             except Exception as exc:  # pylint: disable=broad-except
@@ -318,10 +337,14 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
                 images = sum(int(c.get("images", 0)) for c in kept)
                 first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
                 raise RunStopped(
-                    f"the run stopped in step {offset + 1} of {len(steps)} "
+                    f"the run stopped in step {index - first + 1}, images {position + 1}-"
+                    f"{position + len(paths)} of the {len(todo)} to do "
                     f"({type(exc).__name__}: {first_line}); {len(kept)} commits holding "
                     f"{images} images are kept in {output}: fix the cause and run the same "
                     "command again to resume") from exc
+            last = (len(paths), time.monotonic() - began)
+            position += len(paths)
+            index += 1
         commits = read_commits(output)
         image_counts: dict = {}
         detection_counts: dict = {}
@@ -329,7 +352,7 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
             _add(image_counts, commit["image_counts"])
             _add(detection_counts, commit["detection_counts"])
         record = {**config.record, "commits": {
-            "every": every, "count": len(commits), "images_resumed": resumed,
+            "every": "auto" if every == AUTO else every, "count": len(commits), "images_resumed": resumed,
             "attempts": len({c.get("attempt") for c in commits} | {header.get("attempt")})}}
         try:
             finish_run(None, output, record, image_counts, detection_counts,

@@ -71,7 +71,9 @@ def format_summary(values: Mapping[str, float], record: Optional[Mapping[str, An
         lines.append(f"skipping: {earlier} earlier complete runs with this fingerprint")
     committed = (record or {}).get("commits")
     if committed:
-        lines.append(f"commits: {committed['count']} of up to {committed['every']} images; "
+        size = ("sized to about 10 minutes of work" if committed["every"] == "auto"
+                else f"of up to {committed['every']} images")
+        lines.append(f"commits: {committed['count']} {size}; "
                      f"resumed: {committed['images_resumed']} images from "
                      f"{int(values.get('commits_resumed', 0))} earlier commits")
     loads = (int(values.get("DetectObjects.load_model_latency_milli_secs.count", 0)),

@@ -239,9 +239,10 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
     except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
         raise ConfigError(f"--classifier_labels {labels_path} cannot be read as UTF-8 text, one "
                           f"label per line: {str(exc).splitlines()[0]}") from exc
+    if opts.commit_every is not None and opts.commit_every < 0:
+        raise ConfigError(f"--commit_every={opts.commit_every} must be 0 (off) or a number "
+                          "of images")
     every = commit_every(opts)
-    if every < 0:
-        raise ConfigError(f"--commit_every={every} must be 0 (off) or a number of images")
     try:
         commits = read_commits(opts.output) if every and not opts.overwrite else []
     except ValueError as exc:

@@ -15,12 +15,17 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import commits
 from beam_pipeline.commits import (
+    AUTO,
     DEFAULT_LOCAL_COMMIT_EVERY,
+    FIRST_AUTO_STEP,
+    MAX_AUTO_STEP,
+    MIN_AUTO_STEP,
     RunLock,
     RunLocked,
     commit_every,
     fingerprint_difference,
     list_input,
+    next_step_size,
     read_commits,
     resumable,
 )
@@ -37,11 +42,19 @@ def _opts(*argv):
 # -- Pure parts --------------------------------------------------------------------------------
 
 def test_commit_every_defaults_on_locally_off_on_distributed_runners():
-    assert commit_every(_opts()) == DEFAULT_LOCAL_COMMIT_EVERY
+    assert commit_every(_opts()) == DEFAULT_LOCAL_COMMIT_EVERY == AUTO
     assert commit_every(_opts("--runner=PrismRunner")) == DEFAULT_LOCAL_COMMIT_EVERY
     assert commit_every(_opts("--runner=DataflowRunner")) == 0
     assert commit_every(_opts("--runner=FlinkRunner", "--commit_every=100")) == 100
     assert commit_every(_opts("--commit_every=0")) == 0
+
+
+def test_auto_steps_start_at_a_fixed_size_then_last_about_ten_minutes():
+    assert next_step_size(7, None) == next_step_size(7, (7, 1.0)) == 7
+    assert next_step_size(AUTO, None) == FIRST_AUTO_STEP
+    assert next_step_size(AUTO, (5000, 200.0)) == 15000  # 25 images/s for 600 s
+    assert next_step_size(AUTO, (10, 600.0)) == MIN_AUTO_STEP
+    assert next_step_size(AUTO, (10**6, 1.0)) == MAX_AUTO_STEP
 
 
 def test_fingerprint_difference_names_what_changed():
@@ -164,7 +177,7 @@ def test_a_failed_commit_keeps_earlier_ones_and_the_same_command_resumes(
         main(argv)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: the run stopped in step 3 of 4 (")
+    assert err[-1].startswith("error: the run stopped in step 3, images 3-3 of the 4 to do (")
     assert "No space left on device" in err[-1] and "2 commits holding 2 images" in err[-1]
     # The third step's part files were renamed before its record failed: it is absent, and so
     # are they; what the two commits hold is a valid dataset.
