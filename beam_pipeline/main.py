@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -18,6 +19,7 @@ __all__ = ["main", "run"]
 
 EXIT_CONFIG = 2
 EXIT_ERROR_GATE = 3
+EXIT_ERROR = 1
 
 
 def _is_local_direct(options) -> bool:
@@ -35,6 +37,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from beam_pipeline.commits import RunLocked, RunStopped, run_in_commits
     from beam_pipeline.local_mode import choose_local_mode
     from beam_pipeline.options import DetectClassifyOptions, unknown_flags
     from beam_pipeline.pipeline import build_pipeline
@@ -69,23 +72,32 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     record = {**config.record, "running": running} if running else config.record
     config = dataclasses.replace(config, progress_folder=progress_folder, record=record)
     started = time.monotonic()
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, config)
+
+    def run_graph(step_config) -> dict[str, float]:
+        pipeline = beam.Pipeline(options=options)
+        build_pipeline(pipeline, step_config)
+        result = pipeline.run()
+        result.wait_until_finish()
+        return collect_metrics(result)
+
     workers = local and any("multi_processing" in word for word in options.get_all_options(
         retain_unknown_options=False).values() if isinstance(word, str))
     try:
-        with quiet_worker_processes(enabled=workers and os.environ.get("BDC_VERBOSE") != "1"):
-            if progress_folder:
-                with ProgressPrinter(progress_folder):
-                    result = pipeline.run()
-                    result.wait_until_finish()
+        with quiet_worker_processes(enabled=workers and os.environ.get("BDC_VERBOSE") != "1"), \
+                (ProgressPrinter(progress_folder) if progress_folder
+                 else contextlib.nullcontext()):
+            if config.commit_every:
+                values = run_in_commits(config, run_graph, progress_folder=progress_folder)
             else:
-                result = pipeline.run()
-                result.wait_until_finish()
+                values = run_graph(config)
+    except (RunStopped, RunLocked):
+        raise  # committed work is kept: nothing here is deleted
     except Exception as exc:
         record = _record_or_none(read_run_record, config.output)
         if record and not record.get("error_gate", {}).get("passed", True):
             raise ErrorGateFailed(_gate_line(record, config.output)) from exc
+        if config.commit_every:
+            raise  # never delete committed work
         # WriteDetections may have finished before a later stage failed: remove what this run
         # wrote, so nothing in --output looks like a finished run's table.
         delete_tables(config.output)
@@ -93,7 +105,6 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     finally:
         if progress_folder:
             shutil.rmtree(progress_folder, ignore_errors=True)
-    values = collect_metrics(result)
     record = _record_or_none(read_run_record, config.output)
     ended = time.monotonic()
     print(format_summary(values, record, config, startup_s=started - start,
@@ -144,6 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         # Missing required flags and bad values: argparse's usage line under this program's
         # name and exit 2 (Beam's own options are checked by run()).
         job_parser().parse_known_args(argv)
+        from beam_pipeline.commits import RunLocked, RunStopped
         from beam_pipeline.runs import ErrorGateFailed
         from beam_pipeline.validation import ConfigError
 
@@ -156,3 +168,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         except ErrorGateFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(EXIT_ERROR_GATE)
+        except RunLocked as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_CONFIG)
+        except RunStopped as exc:
+            logging.getLogger(__name__).info("the step's error", exc_info=exc.__cause__)
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_ERROR)

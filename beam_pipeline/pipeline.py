@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
+from beam_pipeline.commits import write_commit
 from beam_pipeline.runs import finish_run
 from transforms.classification import KerasClassifierModelHandler
 from transforms.detection import ObjectDetectionModelHandler
@@ -59,6 +60,14 @@ class JobConfig:
     tiling: Optional[TilingConfig] = None
     classify_detector_classes: Optional[frozenset[int]] = None  # None: classify every class
     detector_box_format: str = "normalized"  # proved by validation (transforms.box_formats)
+    # Committed progress (beam_pipeline.commits): images per step (0 = one step, no commits);
+    # a step's own paths, part-file prefix and commit index, and its commit record's header.
+    commit_every: int = 0
+    fingerprint_parts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    input_paths: Optional[tuple[str, ...]] = None
+    part_prefix: str = "part"
+    commit_index: Optional[int] = None
+    commit_header: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _count(pcoll, label: str):
@@ -68,7 +77,10 @@ def _count(pcoll, label: str):
 def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
     """Adds ReadImages -> [SampleImages] -> [SkipDoneImages] -> DecodeImages -> DetectObjects
     -> CropRegions -> ClassifyRegions -> WriteDetections / WriteImages -> MarkComplete."""
-    paths = pipeline | "ReadImages" >> ReadImagePaths(config.input)
+    if config.input_paths is None:
+        paths = pipeline | "ReadImages" >> ReadImagePaths(config.input)
+    else:  # a commit step: the launcher listed the input and chose this step's paths
+        paths = pipeline | "ReadImages" >> beam.Create(list(config.input_paths))
     if config.sample < 1.0:
         paths = paths | "SampleImages" >> beam.Filter(in_sample, config.sample)
     if config.done_tables:
@@ -77,7 +89,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
     else:
         skipped = pipeline | "NothingSkipped" >> beam.Create([])
     progress = config.progress_folder
-    if progress:  # before the reshuffle: every path is counted before the first is decoded
+    # Before the reshuffle: every path is counted before the first is decoded (a commit step's
+    # paths were counted by the launcher).
+    if progress and config.input_paths is None:
         paths = paths | "CountQueued" >> beam.ParDo(CountProgress(progress, "queued"))
     # The reshuffle lets every worker take a share of the list.
     paths = paths | "SpreadPaths" >> beam.Reshuffle()
@@ -122,9 +136,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
     image_rows = image_rows | "AllImageRows" >> beam.Flatten()
     detection_rows = rows.detections
     detections_written = detection_rows | "WriteDetections" >> WriteParquetTable(
-        config.output, "detections", num_shards=config.num_shards)
+        config.output, "detections", num_shards=config.num_shards,
+        part_prefix=config.part_prefix)
     images_written = image_rows | "WriteImages" >> WriteParquetTable(
-        config.output, "images", num_shards=config.num_shards)
+        config.output, "images", num_shards=config.num_shards, part_prefix=config.part_prefix)
     failed_regions = ((rows[FAILED_REGIONS_TAG], failed_batches[FAILED_REGIONS_TAG])
                       | "FailedRegions" >> beam.Flatten()
                       | "CountFailedRegions" >> beam.CombineGlobally(sum))
@@ -136,8 +151,18 @@ def build_pipeline(pipeline: beam.Pipeline, config: JobConfig) -> None:
                         | "CountRegions" >> beam.CombineGlobally(CountDetectionRows()))
     # The sinks emit their final file names only after renaming them, so this runs last, on
     # the workers: the record is right whether or not the launcher waits for the job.
-    _ = ((detections_written["files"], images_written["files"])
-         | "WrittenFiles" >> beam.Flatten()
+    written = ((detections_written["files"], images_written["files"])
+               | "WrittenFiles" >> beam.Flatten())
+    if config.commit_index is not None:  # a commit step: its record names its files
+        _ = (written
+             | "ListFiles" >> beam.combiners.ToList()
+             | "MarkComplete" >> beam.Map(
+                 write_commit, config.output, config.commit_index,
+                 dict(config.commit_header), beam.pvalue.AsSingleton(image_counts),
+                 beam.pvalue.AsSingleton(detection_counts),
+                 beam.pvalue.AsSingleton(failed_regions)))
+        return
+    _ = (written
          | "CountFiles" >> beam.combiners.Count.Globally()
          | "MarkComplete" >> beam.Map(
              finish_run, config.output, dict(config.record),

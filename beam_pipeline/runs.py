@@ -136,6 +136,7 @@ class RunIdentity(NamedTuple):
     run_id: str
     fingerprint: str
     record: dict[str, Any]  # the run record's fields but status, end and counts
+    parts: dict[str, Any] = {}  # what the fingerprint digests (commits name a difference)
 
 
 # Options that change an image's rows; each joins the fingerprint (add new ones here).
@@ -187,7 +188,7 @@ def run_identity(opts: Any, *, min_score: float, min_score_source: str,
         "options": {name: getattr(opts, name, None) for name in job_option_names()},
         "libraries": library_versions(),
     }
-    return RunIdentity(record["run_id"], record["fingerprint"], record)
+    return RunIdentity(record["run_id"], record["fingerprint"], record, parts)
 
 
 class ErrorGateFailed(RuntimeError):

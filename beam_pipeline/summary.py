@@ -69,6 +69,13 @@ def format_summary(values: Mapping[str, float], record: Optional[Mapping[str, An
     if config.record.get("skip_done_in", {}).get("patterns"):
         earlier = len(config.record["skip_done_in"]["complete_runs_with_this_fingerprint"])
         lines.append(f"skipping: {earlier} earlier complete runs with this fingerprint")
+    committed = (record or {}).get("commits")
+    if committed:
+        size = ("sized to about 10 minutes of work" if committed["every"] == "auto"
+                else f"of up to {committed['every']} images")
+        lines.append(f"commits: {committed['count']} {size}; "
+                     f"resumed: {committed['images_resumed']} images from "
+                     f"{int(values.get('commits_resumed', 0))} earlier commits")
     loads = (int(values.get("DetectObjects.load_model_latency_milli_secs.count", 0)),
              int(values.get("ClassifyRegions.load_model_latency_milli_secs.count", 0)))
     if values:
@@ -77,7 +84,8 @@ def format_summary(values: Mapping[str, float], record: Optional[Mapping[str, An
         lines.append("models:  this runner reports no metrics to the launcher; counts above "
                      "come from the run record")
     total = startup_s + run_s
-    rate = read / run_s if run_s > 0 else 0.0
+    resumed = int(((record or {}).get("commits") or {}).get("images_resumed", 0))
+    rate = (read - resumed) / run_s if run_s > 0 else 0.0  # this attempt's images only
     lines += [
         f"time:    {total:.1f} s ({startup_s:.1f} s start-up and checks, {run_s:.1f} s "
         f"running, {rate:.1f} images/s)",

@@ -10,6 +10,7 @@ from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipeline.commits import commit_every, fingerprint_difference, read_commits, resumable
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.pipeline import JobConfig
 from beam_pipeline.runs import complete_outputs, read_run_record, run_identity, table_files
@@ -41,8 +42,10 @@ from transforms.reading import (
 from transforms.tf_runtime import configure_tensorflow
 from transforms.tiles import TilingConfig
 from transforms.writing import (
+    COMMITS,
     OUTPUT_NAMES,
     RUN_RECORD,
+    SUCCESS_MARKER,
     TABLES,
     delete_tables,
     list_output,
@@ -160,7 +163,11 @@ def _job_output_shown(output: str, listing) -> tuple[bool, Optional[str]]:
         record = None
     if record is not None:
         return True, "finished" if record.get("status") == "complete" else "unfinished"
-    return listing.parts > 0, f"unfinished, no {RUN_RECORD}"
+    # Part files, commit records, the run lock or a sink's temporary folder: names only this
+    # job writes (run.json and _SUCCESS alone could be anyone's).
+    loose = {FileSystems.join(output, name) for name in (RUN_RECORD, SUCCESS_MARKER)}
+    shown = listing.parts > 0 or any(path not in loose for path in listing.ours)
+    return shown, f"unfinished, no {RUN_RECORD}"
 
 
 def _few(paths: list[str], limit: int = 5) -> str:
@@ -168,8 +175,9 @@ def _few(paths: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def check_output(output: str, *, overwrite: bool) -> None:
-    """Refuses an output folder that holds an earlier run of this job (unless ``overwrite``),
+def check_output(output: str, *, overwrite: bool, resume: bool = False) -> None:
+    """Refuses an output folder that holds an earlier run of this job (unless ``overwrite``, or
+    ``resume`` for an unfinished run with commits, which the same command resumes),
     one that holds names this job writes (``run.json``, ``_SUCCESS``, ``detections/``,
     ``images/``) without showing it is this job's output, or one where those names are links;
     then proves the folder is writable by writing and deleting a probe file.
@@ -200,11 +208,15 @@ def check_output(output: str, *, overwrite: bool) -> None:
             f"--output {output} holds {_few(listing.ours + claimed)}, which this job did not "
             f"write (no run record of this job, no part-*.parquet files): choose another "
             "--output; nothing was deleted")
-    if ours_shown and not overwrite:
+    if ours_shown and not overwrite and not (resume and state != "finished"):
         tables = sorted({top(path) for path in listing.ours} & set(TABLES))
         existing = [FileSystems.join(output, table) for table in tables] or [
             FileSystems.join(output, RUN_RECORD)]
-        raise ConfigError(f"--output {output} already holds a run's tables ({state}: "
+        hint = ""
+        if state != "finished" and FileSystems.match(
+                [FileSystems.join(output, COMMITS, "commit-*.json")])[0].metadata_list:
+            hint = " (it has commits: run its command again, with --commit_every on, to resume)"
+        raise ConfigError(f"--output {output} already holds a run's tables ({state}{hint}: "
                           f"{', '.join(existing)}); pass --overwrite to replace them, or "
                           "choose another --output")
     probe = FileSystems.join(output, f".write-probe-{uuid.uuid4().hex}")
@@ -353,7 +365,17 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
         raise ConfigError(f"--classifier_labels {labels_path} cannot be read as UTF-8 text, one "
                           f"label per line: {str(exc).splitlines()[0]}") from exc
     check_output_location(opts.output, spec)
-    check_output(opts.output, overwrite=opts.overwrite)
+    if opts.commit_every is not None and opts.commit_every < 0:
+        raise ConfigError(f"--commit_every={opts.commit_every} must be 0 (off) or a number "
+                          "of images")
+    every = commit_every(opts)
+    try:
+        commits = read_commits(opts.output) if every and not opts.overwrite else []
+    except ValueError as exc:
+        raise ConfigError(f"--output {opts.output}: {exc}; pass --overwrite to start afresh"
+                          ) from exc
+    check_output(opts.output, overwrite=opts.overwrite,
+                 resume=bool(every) and not opts.overwrite and resumable(opts.output))
     for flag, path in (("--detector_model", opts.detector_model),
                        ("--classifier_model", opts.classifier_model)):
         problem = local_model_problem(local_model_path(path))  # before anything opens a file
@@ -398,6 +420,17 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
                         else {}),
                      **({"tile_overlap": opts.tile_overlap,
                          "tile_full_image": opts.tile_full_image} if opts.tile_size else {})})
+    for commit in commits[:1]:  # every commit of a folder has its first one's fingerprint
+        if commit.get("fingerprint") != identity.fingerprint:
+            raise ConfigError(
+                f"--output {opts.output} holds an unfinished run ({len(commits)} commits) made "
+                "with other settings: "
+                + fingerprint_difference(commit.get("fingerprint_parts", {}), identity.parts)
+                + "; run its own command again to resume it, or pass --overwrite to start "
+                "afresh")
+        # One run across its attempts: its id and start are the first attempt's.
+        identity = identity._replace(run_id=commit["run_id"], record={
+            **identity.record, "run_id": commit["run_id"], "started": commit["started"]})
     done = complete_outputs(opts.skip_done_in or [], exclude=[opts.output])
     done = [(folder, record) for folder, record in done
             if record.get("fingerprint") == identity.fingerprint]
@@ -426,7 +459,8 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
         tiling=TilingConfig(opts.tile_size, overlap=opts.tile_overlap,
                             full_image=opts.tile_full_image,
                             batch_size=opts.tile_batch_size) if opts.tile_size else None,
-        classify_detector_classes=classify_classes, detector_box_format=box_format)
+        classify_detector_classes=classify_classes, detector_box_format=box_format,
+        commit_every=every, fingerprint_parts=identity.parts)
 
 
 def parse_detector_classes(value: Optional[str],

@@ -298,10 +298,15 @@ def test_rerun_needs_overwrite_and_a_mistake_keeps_the_earlier_tables(models_dir
     assert rows.num_rows == 2  # replaced, not appended
 
 
-def test_failed_run_leaves_no_tables_that_look_final(models_dir, images, tmp_path, monkeypatch):
+@pytest.mark.parametrize("commits", ["off", "default"])
+def test_failed_run_leaves_no_tables_that_look_final(models_dir, images, tmp_path, monkeypatch,
+                                                     commits):
     # A fault in the last step, after both tables are renamed into place (the fault checks
-    # that they are) and before the success marker and the run record are written.
+    # that they are) and before the success marker and the run record are written. Without
+    # commits the tables are deleted; with them (the local default) what was committed is kept
+    # and the rerun only writes the marker and the record.
     output = tmp_path / "out"
+    extra = {"commit_every": 0} if commits == "off" else {}
     seen = []
 
     def fail_after_tables_are_written(_output):
@@ -311,12 +316,18 @@ def test_failed_run_leaves_no_tables_that_look_final(models_dir, images, tmp_pat
     monkeypatch.setattr(transforms.writing, "write_success_marker",
                         fail_after_tables_are_written)
     with pytest.raises(Exception, match="injected fault in MarkComplete"):
-        run(_argv(models_dir, images, output))
+        run(_argv(models_dir, images, output, **extra))
     assert len([name for name in seen if name.startswith("part-")]) == 2, seen
     leftovers = _parquet_files(output) if output.exists() else []
-    assert leftovers == []  # no part files, no temporary files, no success marker
+    if commits == "off":
+        assert leftovers == []  # no part files, no temporary files, no success marker
+    else:  # the commit and its files; nothing that says finished
+        assert sorted(name.split("/")[0] for name in leftovers) == [
+            "_commits", "detections", "images"], leftovers
     monkeypatch.undo()
-    run(_argv(models_dir, images, output))  # a rerun needs no --overwrite
+    metrics = run(_argv(models_dir, images, output, **extra))  # a rerun needs no --overwrite
+    if commits == "default":
+        assert metrics["images_resumed"] == 2 and "images_read" not in metrics
     assert (output / SUCCESS_MARKER).exists()
     assert np.unique(ds.dataset(str(output / "images"), format="parquet").to_table()
                      .column("status").to_numpy(zero_copy_only=False)).tolist() == ["ok"]

@@ -35,6 +35,10 @@ __all__ = [
     "RUN_RECORD",
     "SUCCESS_MARKER",
     "TABLES",
+    "COMMITS",
+    "COMMIT_PART_PREFIX",
+    "COMMIT_RECORD",
+    "RUN_LOCK",
     "CountDetectionRows",
     "CountImageRows",
     "RowsToTablesFn",
@@ -42,6 +46,7 @@ __all__ = [
     "OutputListing",
     "WriteParquetTable",
     "delete_tables",
+    "delete_uncommitted",
     "is_job_name",
     "list_output",
     "failed_batch_rows",
@@ -57,13 +62,28 @@ TABLES = ("detections", "images")
 SUCCESS_MARKER = "_SUCCESS"
 # The run record (beam_pipeline.runs): written after _SUCCESS, the run's very last act.
 RUN_RECORD = "run.json"
+# Committed progress (beam_pipeline.commits): each commit's final part files in the tables are
+# named COMMIT_PART_PREFIX + its 5-digit index (``images/part-c00003-00000-of-00001.parquet``),
+# its record is ``COMMITS/commit-00003.json`` (written last, by temp + rename: a commit without
+# its record is absent), and RUN_LOCK (pid and host of the run writing the folder) keeps a
+# second run of the same command out while one is running.
+COMMITS = "_commits"
+COMMIT_RECORD = "commit-{index:05d}.json"
+COMMIT_PART_PREFIX = "part-c"
+RUN_LOCK = "_run.lock"
+# Beam's file sinks write into TABLE/beam-temp-<prefix>-<uuid>/ and rename into place.
+BEAM_TEMP_PREFIX = "beam-temp-"
 # What a run writes inside each table folder: Beam's final shards (the default shard template
-# of WriteParquetTable's prefix) and its sink's temporary folders (FileBasedSink).
-PART_FILE = re.compile(r"part-\d{5}-of-\d{5}\.parquet")
-TEMP_FOLDER = re.compile(r"beam-temp-part-[0-9a-f]{32}")
+# of WriteParquetTable's prefix, with a commit's index when it commits in steps) and its sink's
+# temporary folders (FileBasedSink); in COMMITS, the commit records and their temporary files.
+PART_FILE = re.compile(r"part-(c\d{5}-)?\d{5}-of-\d{5}\.parquet")
+COMMIT_PART_FILE = re.compile(r"part-c\d{5}-\d{5}-of-\d{5}\.parquet")
+TEMP_FOLDER = re.compile(r"beam-temp-part(-c\d{5})?-[0-9a-f]{32}")
+COMMIT_FILE = re.compile(r"commit-\d{5}\.json(\.tmp-[0-9a-f]{8})?")
 # Every name this job writes at the top of --output. Everything that deletes in --output
-# (delete_tables) deletes only these and, inside the table folders, PART_FILE / TEMP_FOLDER.
-OUTPUT_NAMES = (RUN_RECORD, SUCCESS_MARKER, *TABLES)
+# (delete_tables, delete_uncommitted) deletes only these and, inside the table folders and
+# COMMITS, PART_FILE / TEMP_FOLDER / COMMIT_FILE.
+OUTPUT_NAMES = (RUN_RECORD, SUCCESS_MARKER, RUN_LOCK, COMMITS, *TABLES)
 # Rows per Arrow table, and so per Parquet row group at most.
 ROWS_PER_ROW_GROUP = 10_000
 
@@ -188,16 +208,17 @@ class RowsToTablesFn(beam.DoFn):
 
 class WriteParquetTable(beam.PTransform):
     """Writes dict rows (or lists of them) as a compressed Parquet dataset
-    ``OUTPUT/<table>/part-*.parquet``.
+    ``OUTPUT/<table>/part-*.parquet`` (``part_prefix``: a commit's ``part-c00003-*``).
 
     Returns ``{"tables": ..., "files": ...}``: the Arrow tables written (the run's counts are
     taken from them, one element per table rather than per row) and the final file names,
     emitted only once the files are renamed into place.
     """
 
-    def __init__(self, output: str, table: str, *, num_shards: int = 0):
+    def __init__(self, output: str, table: str, *, num_shards: int = 0,
+                 part_prefix: str = "part"):
         super().__init__()
-        self._prefix = FileSystems.join(output, table, "part")
+        self._prefix = FileSystems.join(output, table, part_prefix)
         self._schema = {"detections": DETECTIONS_SCHEMA, "images": IMAGES_SCHEMA}[table]
         self._num_shards = num_shards
 
@@ -269,7 +290,9 @@ def is_job_name(relative: str) -> bool:
     """Whether a path relative to --output is one this job writes (see OUTPUT_NAMES)."""
     parts = relative.strip("/").split("/")
     if len(parts) == 1:
-        return parts[0] in (RUN_RECORD, SUCCESS_MARKER)
+        return parts[0] in (RUN_RECORD, SUCCESS_MARKER, RUN_LOCK)
+    if parts[0] == COMMITS:
+        return len(parts) == 2 and COMMIT_FILE.fullmatch(parts[1]) is not None
     if parts[0] not in TABLES:
         return False
     if len(parts) == 2 and PART_FILE.fullmatch(parts[1]):
@@ -287,7 +310,7 @@ def list_output(output: str) -> OutputListing:
         if not os.path.isdir(root) or os.path.islink(root):
             return OutputListing([], [], 0)
         for entry in sorted(os.scandir(root), key=lambda e: e.name):
-            if entry.name in TABLES and entry.is_dir(follow_symlinks=False):
+            if entry.name in (*TABLES, COMMITS) and entry.is_dir(follow_symlinks=False):
                 for inner in sorted(os.scandir(entry.path), key=lambda e: e.name):
                     relative = f"{entry.name}/{inner.name}"
                     kind_ok = (inner.is_dir(follow_symlinks=False)
@@ -324,7 +347,7 @@ def delete_tables(output: str) -> list[str]:
             FileSystems.delete([path])
     if local:
         root = output.removeprefix("file://")
-        for table in TABLES:
+        for table in (*TABLES, COMMITS):
             folder = os.path.join(root, table)
             if os.path.isdir(folder) and not os.path.islink(folder) and not os.listdir(folder):
                 os.rmdir(folder)
@@ -335,3 +358,31 @@ def write_success_marker(output: str) -> None:
     """Marks ``output`` as holding the complete tables of a finished run."""
     with FileSystems.create(FileSystems.join(output, SUCCESS_MARKER)) as handle:
         handle.write(b"complete\n")  # not empty: S3 refuses an upload with no parts
+
+
+def delete_uncommitted(output: str, committed: Iterable[str]) -> list[str]:
+    """Deletes what an interrupted commit left in the tables of ``output``: commit part files
+    that no commit record lists (``committed``: their paths relative to ``output``, e.g.
+    ``images/part-c00003-00000-of-00001.parquet``) and Beam's temporary folders, found by
+    ``list_output`` (links never followed). Nothing else is touched. Returns the relative
+    paths deleted."""
+    keep = set(committed)
+    local = is_local_path(output)
+    prefix = (output.removeprefix("file://") if local else output).rstrip("/") + "/"
+    deleted = []
+    for path in list_output(output).ours:
+        relative = path[len(prefix):] if path.startswith(prefix) else path
+        table, _, name = relative.partition("/")
+        if table not in TABLES or relative in keep:
+            continue
+        if TEMP_FOLDER.fullmatch(name.split("/", 1)[0]):  # object stores: its objects
+            if local:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                FileSystems.delete([path])
+        elif COMMIT_PART_FILE.fullmatch(name):
+            FileSystems.delete([path])
+        else:
+            continue
+        deleted.append(relative)
+    return deleted

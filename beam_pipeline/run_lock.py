@@ -1,0 +1,102 @@
+"""The lock of an output folder: one run at a time writes it (``OUTPUT/_run.lock``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from transforms import writing
+from transforms.model_files import is_local_path
+
+__all__ = ["RunLock", "RunLocked"]
+
+
+class RunLocked(RuntimeError):
+    """Another live run holds the output folder's lock."""
+
+
+def _utc_now() -> str:
+    from beam_pipeline.runs import utc_now
+
+    return utc_now()
+
+
+class RunLock:
+    """``OUTPUT/_run.lock``, created with ``O_EXCL`` and holding the pid and host of the run.
+
+    A lock whose process is gone (same host, pid not alive) is stale and taken over. Object
+    stores have no exclusive create: there the lock is not taken (docs/commits.md).
+    """
+
+    def __init__(self, output: str):
+        self._output = output
+        self._path: Optional[str] = None
+
+    def __enter__(self) -> "RunLock":
+        if not is_local_path(self._output):
+            return self
+        folder = self._output.removeprefix("file://")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, writing.RUN_LOCK)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _lock_holder(path)
+                if holder is not None and not _is_stale(holder):
+                    raise RunLocked(
+                        f"--output {self._output} is being written by another run (pid "
+                        f"{holder.get('pid')} on {holder.get('host')} since "
+                        f"{holder.get('since')}); wait for it to finish, or if no such run is "
+                        f"alive delete {path}") from None
+                try:
+                    os.unlink(path)  # stale: its process is gone
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                           "since": _utc_now()}, handle)
+            self._path = path
+            return self
+        raise RunLocked(f"--output {self._output}: cannot take {path}; another run is "
+                        "starting in this folder")
+
+    def __exit__(self, *exc_info) -> None:
+        if self._path is not None:
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+            self._path = None
+
+
+def _lock_holder(path: str) -> Optional[dict[str, Any]]:
+    for _ in range(20):  # the holder writes its pid right after creating the file
+        try:
+            with open(path) as handle:
+                text = handle.read()
+            if text:
+                return json.loads(text)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    return {"pid": "?", "host": "?", "since": "?", "unreadable": True}
+
+
+def _is_stale(holder: Mapping[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False  # another machine's process, or a lock being written: cannot tell
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
