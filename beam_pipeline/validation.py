@@ -208,7 +208,13 @@ def check_output(output: str, *, overwrite: bool, resume: bool = False) -> None:
             f"--output {output} holds {_few(listing.ours + claimed)}, which this job did not "
             f"write (no run record of this job, no part-*.parquet files): choose another "
             "--output; nothing was deleted")
-    if ours_shown and not overwrite and not (resume and state != "finished"):
+    # An earlier run is its record, part files or commit records; the run lock or a sink's
+    # temporary folder alone is a run still starting (the lock then speaks) or one killed
+    # before it wrote anything.
+    earlier = state == "finished" or listing.parts > 0 or any(
+        top(path) == COMMITS for path in listing.ours) or any(
+        top(path) == RUN_RECORD for path in listing.ours)
+    if earlier and not overwrite and not (resume and state != "finished"):
         tables = sorted({top(path) for path in listing.ours} & set(TABLES))
         existing = [FileSystems.join(output, table) for table in tables] or [
             FileSystems.join(output, RUN_RECORD)]
