@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 
-import transforms  # noqa: F401, I001  (OpenCV's pixel limit, set before cv2 is imported)
 import cv2
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
+
+import transforms  # noqa: F401, I001  (OpenCV's pixel limit, set before cv2 is imported)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -129,15 +130,28 @@ def image_dir(tmp_path_factory):
     return root
 
 
-def job_args(models_dir, image_dir, output, *extra):
-    return [
-        f"--input={image_dir}", f"--output={output}",
-        f"--detector_model={models_dir / 'detector'}",
-        f"--detector_label_map={models_dir / 'label_map.pbtxt'}",
-        f"--classifier_model={models_dir / 'colors.keras'}",
-        f"--classifier_labels={models_dir / 'labels.txt'}",
-        "--classifier_batch_size=4", *extra,
-    ]
+def job_args(models_dir, input_, output, *extra, **overrides) -> list[str]:
+    """The job's argv on the models of ``models_dir`` (a folder, or an ``s3://`` prefix laid
+    out like the ``models_dir`` fixture): ``--input``, ``--output``, the detector, its label
+    map, the classifier, its labels and ``--classifier_batch_size=4``, then ``extra`` as given.
+
+    ``overrides`` set a flag by name, replacing its default (``detector_model="/nope"``) or
+    adding it; ``None`` leaves a flag out and ``True`` passes it bare (``overwrite=True`` is
+    ``--overwrite``).
+    """
+    flags = {
+        "input": input_, "output": output,
+        "detector_model": f"{models_dir}/detector",
+        "detector_label_map": f"{models_dir}/label_map.pbtxt",
+        "classifier_model": f"{models_dir}/colors.keras",
+        "classifier_labels": f"{models_dir}/labels.txt",
+        "classifier_batch_size": 4,
+    }
+    flags.update(overrides)
+    argv = [f"--{name}={value}" for name, value in flags.items()
+            if value is not None and value is not True]
+    argv += [f"--{name}" for name, value in flags.items() if value is True]
+    return argv + list(extra)
 
 
 def read_table(output, table):

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from beam_pipeline.main import run
-from tests.conftest import COLOR_LABELS, IMAGE_HEIGHT, IMAGE_WIDTH, paint_image
+from tests.conftest import COLOR_LABELS, IMAGE_HEIGHT, IMAGE_WIDTH, job_args, paint_image
 from transforms.decoding import DecodeError, decode_image
 from transforms.detection import parse_detections
 from transforms.reading import FAILED_TAG, ReadAndDecodeFn
@@ -196,16 +196,6 @@ CASES = [
 CASES_BY_NAME = {case.name: case for case in CASES}
 
 
-def _args(models_dir, input_, output, *extra) -> list[str]:
-    return [
-        f"--input={input_}", f"--output={output}",
-        f"--detector_model={models_dir / 'detector'}",
-        f"--classifier_model={models_dir / 'colors.keras'}",
-        f"--classifier_labels={models_dir / 'labels.txt'}",
-        "--classifier_batch_size=8", *extra,
-    ]
-
-
 def _read(output, table: str) -> list[dict]:
     return ds.dataset(str(output / table), format="parquet").to_table().to_pylist()
 
@@ -229,7 +219,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def manifest_run(models_dir, corpus, tmp_path_factory):
     output = tmp_path_factory.mktemp("corpus_out") / "out"
-    metrics = run(_args(models_dir, corpus / "manifest.txt", output))
+    metrics = run(job_args(models_dir, corpus / "manifest.txt", output, classifier_batch_size=8))
     return output, metrics
 
 
@@ -275,7 +265,7 @@ def test_corpus_file_outcome(name, corpus, manifest_run, models_dir):
 def test_corpus_folder_input_with_a_fifo_does_not_hang(models_dir, corpus, tmp_path):
     # A folder (glob) lists the FIFO like a file; reading it would block the job forever.
     output = tmp_path / "out"
-    run(_args(models_dir, corpus / "images", output))
+    run(job_args(models_dir, corpus / "images", output, classifier_batch_size=8))
     rows = {os.path.basename(row["image_path"]): row for row in _read(output, "images")}
     listed = {case.name for case in CASES if case.name not in (
         "vanished.png", "folder.jpg", "dangling.png")}  # not files: the glob does not list them
@@ -376,12 +366,10 @@ def test_bad_detector_output_is_clipped_dropped_and_counted(bad_models, tmp_path
     _write_png(images / "ok.png", _painted())
     _write_png(images / "wide.png", np.zeros((50, 400, 3), np.uint8))
     output = tmp_path / "out"
-    metrics = run([
-        f"--input={images}", f"--output={output}",
-        f"--detector_model={bad_models / 'bad_detector'}",
-        f"--classifier_model={bad_models / 'nan_classifier'}",
-        f"--classifier_labels={bad_models / 'labels.txt'}",
-    ])
+    metrics = run(job_args(bad_models, images, output,
+                           detector_model=bad_models / "bad_detector",
+                           classifier_model=bad_models / "nan_classifier",
+                           detector_label_map=None, classifier_batch_size=None))
     rows = {os.path.basename(row["image_path"]): row for row in _read(output, "images")}
     assert set(rows) == {"ok.png", "wide.png"}
     # The detector raised for the wide image: a detect error, with the model's message.
@@ -423,7 +411,7 @@ def test_a_classifier_batch_that_raises_fails_its_images_not_the_job(models_dir,
                                                                       tmp_path, monkeypatch):
     import json
 
-    from tests.conftest import job_args, read_table
+    from tests.conftest import read_table
     from transforms.classification import ClassifierModel
 
     real_classify = ClassifierModel.classify

@@ -27,6 +27,7 @@ from tests.conftest import (
     FAKE_CLASSES,
     FAKE_NUM_DETECTIONS,
     FAKE_SCORES,
+    job_args,
     paint_image,
     read_table,
     write_png,
@@ -73,13 +74,8 @@ def scene(tmp_path_factory, models_dir):
 
 
 def _argv(scene, output, *extra):
-    models = scene["models"]
-    return ["--input", str(scene["images"]), "--output", str(output),
-            "--detector_model", str(scene["detector"]),
-            "--detector_label_map", str(models / "label_map.pbtxt"),
-            "--classifier_model", str(models / "colors.keras"),
-            "--classifier_labels", str(models / "labels.txt"),
-            "--classifier_batch_size=4", "--progress=false", *extra]
+    return job_args(scene["models"], scene["images"], output, *extra,
+                    detector_model=scene["detector"], progress="false")
 
 
 # Every launch runs the detector once at validation on a generated image: the probe that proves

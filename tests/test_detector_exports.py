@@ -1,9 +1,9 @@
 """Every OD API export variant: tiny SavedModels with the exporters' exact serving signatures.
 
-Signatures as written by research/object_detection/exporter_lib_v2.py (TF2; batch 1 in older
-copies, free batch for all but image_tensor in newer ones) and exporter.py (TF1: key 'inputs',
-free batch). Each fixture decodes its input as the exporter does and runs the same colour
-detector, whose boxes depend on the pixels it receives, so a wrong feed changes the rows.
+The exports are the fake exporters of ``tests/fixtures/od_api.py``: the signatures of
+research/object_detection/exporter_lib_v2.py (TF2) and exporter.py (TF1), each decoding its
+input as the exporter does before the same colour detector, whose boxes depend on the pixels
+it receives, so a wrong feed changes the rows.
 """
 
 from __future__ import annotations
@@ -17,6 +17,15 @@ from PIL import Image
 
 from beam_pipeline.main import run
 from tests.conftest import job_args, paint_image, read_table, write_png
+from tests.fixtures import BuiltOnFirstUse
+from tests.fixtures.od_api import (
+    CLASSES,
+    EXPORTS,
+    SCORES,
+    colour_detections,
+    save_od_api_export,
+    save_signature,
+)
 from transforms.decoding import decode_image
 from transforms.detection import (
     DetectorModel,
@@ -26,161 +35,28 @@ from transforms.detection import (
     tf_example_bytes,
 )
 
-# Scores of the red, green and blue boxes; detector classes of each (1-based, as exported).
-COLOUR_SCORES = (0.9, 0.8, 0.7)
-COLOUR_CLASSES = (1, 2, 1)
-# name: (exporter --input_type, batch dimension, TF1 exporter, integer outputs and extras)
-EXPORTS = {
-    "image_tensor": ("image_tensor", 1, False, False),
-    "float_image_tensor": ("float_image_tensor", 1, False, False),
-    "float_image_tensor_batch": ("float_image_tensor", None, False, False),
-    "encoded_image_string_tensor": ("encoded_image_string_tensor", 1, False, False),
-    "encoded_image_string_tensor_batch": ("encoded_image_string_tensor", None, False, False),
-    "tf_example": ("tf_example", 1, False, False),
-    "tf_example_batch": ("tf_example", None, False, False),
-    "tf1_image_tensor": ("image_tensor", None, True, False),
-    "tf1_encoded_image_string_tensor": ("encoded_image_string_tensor", None, True, False),
-    "tf1_tf_example": ("tf_example", None, True, False),
-    "hub_image_tensor_int_outputs": ("image_tensor", 1, False, True),
-}
+# The fast tier reads every TF2 input type, the TF1 exporter's signature and the Hub outputs;
+# the TF1 exporter's string inputs are built, recognised and read in the e2e tier, by the
+# same tests.
+FAST = set(EXPORTS) - {"tf1_encoded_image_string_tensor", "tf1_tf_example"}
 
 
-def _colour_detections(images, *, hub: bool = False) -> dict:
-    """OD API outputs for float32 ``[b, H, W, 3]`` images in 0..255: the box of each pure red,
-    green and blue area (score 0 when absent), then a padding entry past num_detections."""
-    import tensorflow as tf
-
-    high, low = images >= 200.0, images <= 55.0
-    masks = tf.stack([high[..., c] & low[..., (c + 1) % 3] & low[..., (c + 2) % 3]
-                      for c in range(3)], axis=-1)  # [b, H, W, colour]
-    shape = tf.shape(images)
-
-    def span(hits, size):  # bool [b, n, colour] -> first and one-past-last index, normalized
-        hits = tf.cast(hits, tf.int32)
-        first = tf.argmax(hits, axis=1, output_type=tf.int32)
-        end = size - tf.argmax(tf.reverse(hits, [1]), axis=1, output_type=tf.int32)
-        size = tf.cast(size, tf.float32)
-        return tf.cast(first, tf.float32) / size, tf.cast(end, tf.float32) / size
-
-    rows = tf.reduce_any(masks, axis=2)
-    ymin, ymax = span(rows, shape[1])
-    xmin, xmax = span(tf.reduce_any(masks, axis=1), shape[2])
-    found = tf.reduce_any(rows, axis=1)
-    batch = shape[0]
-
-    def tiled(values, dtype=tf.float32):
-        values = tf.constant(values, dtype)
-        return tf.tile(values[tf.newaxis], [batch] + [1] * len(values.shape))
-
-    boxes = tf.where(found[..., tf.newaxis], tf.stack([ymin, xmin, ymax, xmax], -1), 0.0)
-    outputs = {
-        "detection_boxes": tf.concat([boxes, tiled([[0.2, 0.2, 0.3, 0.3]])], axis=1),
-        "detection_scores": tf.concat(
-            [tf.where(found, tiled(COLOUR_SCORES), 0.0), tiled([0.99])], axis=1),
-        "detection_classes": tiled([*COLOUR_CLASSES, 5]),
-        "num_detections": tf.fill([batch], 3.0),
-    }
-    if hub:  # TF Hub model cards: integer classes and count, and more outputs than we read
-        outputs["detection_classes"] = tiled([*COLOUR_CLASSES, 5], tf.int64)
-        outputs["num_detections"] = tf.fill([batch], 3)
-        outputs["detection_masks"] = tf.zeros([batch, 4, 33, 33])
-        outputs["detection_keypoints"] = tf.zeros([batch, 4, 17, 2])
-        outputs["detection_anchor_indices"] = tf.zeros([batch, 4])
-        outputs["raw_detection_boxes"] = tf.zeros([batch, 10, 4])
-        outputs["raw_detection_scores"] = tf.zeros([batch, 10, 3])
-    return outputs
-
-
-def _decode_image(encoded):  # exporter_lib_v2._decode_image
-    import tensorflow as tf
-
-    image = tf.image.decode_image(encoded, channels=3)
-    image.set_shape((None, None, 3))
-    return image
-
-
-def _decode_tf_example(serialized):
-    """TfExampleDecoder's image features and defaults; stricter than it on format and size, so
-    a wrong ``image/format``, ``image/height`` or ``image/width`` fails the call."""
-    import tensorflow as tf
-
-    features = tf.io.parse_single_example(serialized, {
-        "image/encoded": tf.io.FixedLenFeature((), tf.string, default_value=""),
-        "image/format": tf.io.FixedLenFeature((), tf.string, default_value="jpeg"),
-        "image/height": tf.io.FixedLenFeature((), tf.int64, default_value=1),
-        "image/width": tf.io.FixedLenFeature((), tf.int64, default_value=1),
-    })
-    image = _decode_image(features["image/encoded"])
-    size = tf.cast(tf.shape(image)[:2], tf.int64)
-    with tf.control_dependencies([
-            tf.debugging.assert_equal(features["image/format"], "png"),
-            tf.debugging.assert_equal(size, tf.stack([features["image/height"],
-                                                      features["image/width"]]))]):
-        return tf.identity(image)
-
-
-def _images(input_type: str, inputs):
-    import tensorflow as tf
-
-    if input_type in ("image_tensor", "float_image_tensor"):
-        return tf.cast(inputs, tf.float32)
-    decode = _decode_image if input_type == "encoded_image_string_tensor" else _decode_tf_example
-    return tf.cast(tf.map_fn(decode, inputs, fn_output_signature=tf.uint8), tf.float32)
-
-
-def _input_spec(input_type: str, batch, name: str):
-    import tensorflow as tf
-
-    if input_type in ("image_tensor", "float_image_tensor"):
-        dtype = tf.uint8 if input_type == "image_tensor" else tf.float32
-        return tf.TensorSpec([batch, None, None, 3], dtype, name=name)
-    return tf.TensorSpec([batch], tf.string, name=name)
-
-
-def _save_tf2(path: str, input_type: str, batch, hub: bool) -> None:
-    import tensorflow as tf
-
-    module = tf.Module()
-    module.__call__ = tf.function(
-        lambda input_tensor: _colour_detections(_images(input_type, input_tensor), hub=hub),
-        input_signature=[_input_spec(input_type, batch, "input_tensor")])
-    tf.saved_model.save(module, path, signatures=module.__call__.get_concrete_function())
-
-
-def _save_tf1(path: str, input_type: str) -> None:
-    """exporter.py: a placeholder named after the input type, signature key 'inputs'."""
-    import tensorflow as tf
-
-    v1 = tf.compat.v1
-    graph = tf.Graph()
-    with graph.as_default():
-        spec = _input_spec(input_type, None, input_type)
-        placeholder = v1.placeholder(spec.dtype, spec.shape, name=input_type)
-        outputs = _colour_detections(_images(input_type, placeholder))
-        info = v1.saved_model.utils.build_tensor_info
-        signature = v1.saved_model.signature_def_utils.build_signature_def(
-            inputs={"inputs": info(placeholder)},
-            outputs={key: info(tf.identity(value, name=key)) for key, value in outputs.items()},
-            method_name=v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
-        with v1.Session(graph=graph) as session:
-            builder = v1.saved_model.Builder(path)
-            builder.add_meta_graph_and_variables(
-                session, [v1.saved_model.tag_constants.SERVING],
-                signature_def_map={"serving_default": signature})
-            builder.save()
+def _variants(names) -> list:
+    return [name if name in FAST else pytest.param(name, marks=pytest.mark.e2e)
+            for name in names]
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> dict:
+def exports(tmp_path_factory) -> BuiltOnFirstUse:
     root = tmp_path_factory.mktemp("exports")
-    paths = {}
-    for name, (input_type, batch, tf1, hub) in EXPORTS.items():
-        paths[name] = str(root / name)
-        if tf1:
-            _save_tf1(paths[name], input_type)
-        else:
-            _save_tf2(paths[name], input_type, batch, hub)
-    return paths
+    return BuiltOnFirstUse(EXPORTS, lambda name: save_od_api_export(str(root / name),
+                                                                    EXPORTS[name]))
+
+
+@pytest.fixture(scope="module")
+def models(exports) -> BuiltOnFirstUse:
+    """Each export loaded once; a test that patches a model's method undoes it after."""
+    return BuiltOnFirstUse(exports, lambda name: DetectorModel(exports[name]))
 
 
 def _exif_rotated_jpeg() -> bytes:
@@ -225,8 +101,8 @@ def _same(found, expected) -> bool:
 
 
 @pytest.fixture(scope="module")
-def baseline(exports, scene) -> list:
-    return DetectorModel(exports["image_tensor"]).detect(scene)
+def baseline(models, scene) -> list:
+    return models["image_tensor"].detect(scene)
 
 
 def _load_signature(path: str):
@@ -241,17 +117,17 @@ def _parse(outputs: dict, index: int = 0):
 
 # -- Recognising and feeding each export --------------------------------------------------------
 
-@pytest.mark.parametrize("name", EXPORTS)
-def test_detector_model_recognises_export(name, exports):
-    input_type, batch, tf1, _ = EXPORTS[name]
-    model = DetectorModel(exports[name])
-    assert model.input_type == input_type
-    assert model.batchable == (batch is None)
-    assert model.input_key == ("inputs" if tf1 else "input_tensor")
+@pytest.mark.parametrize("name", _variants(EXPORTS))
+def test_detector_model_recognises_export(name, models):
+    spec = EXPORTS[name]
+    model = models[name]
+    assert model.input_type == spec.input_type
+    assert model.batchable == (spec.batch is None)
+    assert model.input_key == ("inputs" if spec.tf1 else "input_tensor")
     line = model.describe()
-    assert line.startswith(f"OD API {input_type}: ")
+    assert line.startswith(f"OD API {spec.input_type}: ")
     assert f"'{model.input_key}'" in line and "\n" not in line
-    assert ("free batch" if batch is None else "batch of 1") in line
+    assert ("free batch" if spec.batch is None else "batch of 1") in line
 
 
 def test_uint8_baseline_finds_the_painted_boxes_upright(baseline):
@@ -259,8 +135,8 @@ def test_uint8_baseline_finds_the_painted_boxes_upright(baseline):
     painted, upright_jpeg, deep, view = baseline
     np.testing.assert_allclose(painted.boxes, [[0.1, 0.1, 0.4, 0.3], [0.5, 0.5, 0.9, 0.9],
                                                [0.0, 0.6, 0.2, 1.0]], atol=1e-6)
-    assert painted.scores.tolist() == pytest.approx(COLOUR_SCORES)
-    assert painted.classes.tolist() == list(COLOUR_CLASSES)  # padding past num_detections gone
+    assert painted.scores.tolist() == pytest.approx(SCORES)
+    assert painted.classes.tolist() == list(CLASSES)  # padding past num_detections gone
     # EXIF applied: green is box A of the upright image, blue box B, red box C.
     np.testing.assert_allclose(upright_jpeg.boxes[1], [0.1, 0.1, 0.4, 0.3], atol=0.011)
     np.testing.assert_allclose(upright_jpeg.boxes[2], [0.5, 0.5, 0.9, 0.9], atol=0.011)
@@ -268,16 +144,16 @@ def test_uint8_baseline_finds_the_painted_boxes_upright(baseline):
     np.testing.assert_allclose(view.boxes[0], [0.1, 0.1, 0.4, 0.3], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", [name for name in EXPORTS if name != "image_tensor"])
-def test_detector_model_gives_the_uint8_answers(name, exports, scene, baseline):
-    found = DetectorModel(exports[name]).detect(scene)
+@pytest.mark.parametrize("name", _variants(name for name in EXPORTS if name != "image_tensor"))
+def test_detector_model_gives_the_uint8_answers(name, models, scene, baseline):
+    found = models[name].detect(scene)
     assert [_same(f, b) for f, b in zip(found, baseline)] == [True] * len(scene)
 
 
 @pytest.mark.parametrize("name", ["float_image_tensor_batch", "tf_example_batch",
                                   "encoded_image_string_tensor_batch", "tf1_image_tensor"])
-def test_free_batch_export_stacks_same_size_images(name, exports, scene, baseline, monkeypatch):
-    model = DetectorModel(exports[name])
+def test_free_batch_export_stacks_same_size_images(name, models, scene, baseline, monkeypatch):
+    model = models[name]
     calls = []
     call = model._call
     monkeypatch.setattr(model, "_call", lambda images: calls.append(len(images)) or call(images))
@@ -286,9 +162,9 @@ def test_free_batch_export_stacks_same_size_images(name, exports, scene, baselin
     assert all(_same(f, b) for f, b in zip(found, baseline))
 
 
-def test_detect_fails_only_the_image_a_model_rejects(exports, scene, baseline):
+def test_detect_fails_only_the_image_a_model_rejects(models, scene, baseline):
     bad = np.zeros((10, 10, 4), np.uint8)  # not what the contract allows: caught, not raised
-    found = DetectorModel(exports["tf_example_batch"]).detect([bad, scene[0]])
+    found = models["tf_example_batch"].detect([bad, scene[0]])
     assert "RGB uint8" in found[0].error
     assert _same(found[1], baseline[0])
 
@@ -419,27 +295,18 @@ def test_recognise_input_needs_the_graph_only_for_strings():
     assert (found.input_type, found.batchable) == ("image_tensor", True)
 
 
-def _save_signature(path: str, specs, body) -> str:
-    import tensorflow as tf
-
-    module = tf.Module()
-    module.__call__ = tf.function(body, input_signature=specs)
-    tf.saved_model.save(module, path, signatures=module.__call__.get_concrete_function())
-    return path
-
-
 def test_detector_model_refuses_side_inputs_one_channel_and_file_names(tmp_path):
     import tensorflow as tf
 
     def outputs(batch=1):
-        return _colour_detections(tf.zeros([batch, 4, 4, 3]))
+        return colour_detections(tf.zeros([batch, 4, 4, 3]))
 
-    side = _save_signature(str(tmp_path / "side"), [
+    side = save_signature(str(tmp_path / "side"), [
         tf.TensorSpec([1, None, None, 3], tf.uint8, name="input_tensor"),
         tf.TensorSpec([1], tf.float32, name="side_inp")], lambda image, side_inp: outputs())
-    grey = _save_signature(str(tmp_path / "grey"), [
+    grey = save_signature(str(tmp_path / "grey"), [
         tf.TensorSpec([1, None, None, 1], tf.uint8)], lambda input_tensor: outputs())
-    paths = _save_signature(str(tmp_path / "paths"), [tf.TensorSpec([None], tf.string)],
+    paths = save_signature(str(tmp_path / "paths"), [tf.TensorSpec([None], tf.string)],
                             lambda input_tensor: outputs() | {
                                 "num_detections": tf.cast(tf.strings.length(input_tensor),
                                                           tf.float32)})

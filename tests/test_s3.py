@@ -18,6 +18,7 @@ from tests.conftest import (
     IMAGE_HEIGHT,
     IMAGE_WIDTH,
     IMAGES,
+    job_args,
     paint_image,
     write_png,
 )
@@ -114,13 +115,8 @@ def test_s3_manifest_in_parquet_out_models_from_s3(s3_endpoint, s3, bucket):
     # Everything on s3://: the manifest, the images it names, both models and their labels
     # (copied to a local folder by local_model_path), and the two output tables.
     detector = f"s3://{bucket}/models/detector"
-    metrics = run([
-        f"--input=s3://{bucket}/in/manifest.txt", f"--output=s3://{bucket}/out/manifest",
-        f"--detector_model={detector}",
-        f"--detector_label_map=s3://{bucket}/models/label_map.pbtxt",
-        f"--classifier_model=s3://{bucket}/models/colors.keras",
-        f"--classifier_labels=s3://{bucket}/models/labels.txt",
-        "--classifier_batch_size=4", *_s3_flags(s3_endpoint)])
+    metrics = run(job_args(f"s3://{bucket}/models", f"s3://{bucket}/in/manifest.txt",
+                           f"s3://{bucket}/out/manifest", *_s3_flags(s3_endpoint)))
     _check_output(s3, "out/manifest", detector_model=detector)
     assert metrics["images_read"] == 4  # the duplicate line is read once
 
@@ -128,11 +124,8 @@ def test_s3_manifest_in_parquet_out_models_from_s3(s3_endpoint, s3, bucket):
 def test_s3_glob_input_and_rerun_needs_overwrite(s3_endpoint, s3, bucket, models_dir):
     from beam_pipeline.validation import ConfigError
 
-    args = [
-        f"--input=s3://{bucket}/in/*.png", f"--output=s3://{bucket}/out/glob",
-        f"--detector_model={models_dir / 'detector'}",
-        f"--classifier_model={models_dir / 'colors.keras'}",
-        f"--classifier_labels={models_dir / 'labels.txt'}", *_s3_flags(s3_endpoint)]
+    args = job_args(models_dir, f"s3://{bucket}/in/*.png", f"s3://{bucket}/out/glob",
+                    *_s3_flags(s3_endpoint), detector_label_map=None, classifier_batch_size=None)
     run(args)
     _check_output(s3, "out/glob", detector_model=str(models_dir / "detector"))
     with pytest.raises(ConfigError, match="already holds a run"):

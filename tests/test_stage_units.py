@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.options.pipeline_options import PipelineOptions
+
 # Aliased so that pytest does not try to collect it as a test class.
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to

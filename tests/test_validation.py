@@ -17,7 +17,7 @@ import transforms.writing
 from beam_pipeline.main import run
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.validation import ConfigError, validate
-from tests.conftest import COLOR_LABELS, paint_image, write_png
+from tests.conftest import COLOR_LABELS, job_args, paint_image, write_png
 from transforms.writing import SUCCESS_MARKER
 
 pytestmark = pytest.mark.e2e  # runs the job, subprocesses or builds: the slow tier
@@ -100,18 +100,6 @@ def images(tmp_path_factory):
     return root
 
 
-def _argv(models_dir, images, output, **overrides) -> list[str]:
-    values = {
-        "input": str(images), "output": str(output),
-        "detector_model": str(models_dir / "detector"),
-        "classifier_model": str(models_dir / "colors.keras"),
-        "classifier_labels": str(models_dir / "labels.txt"),
-    }
-    values.update(overrides)
-    flags = [f"--{key}={value}" for key, value in values.items() if value is not True]
-    return flags + [f"--{key}" for key, value in values.items() if value is True]
-
-
 def _validate(argv: list[str]):
     return validate(PipelineOptions(argv).view_as(DetectClassifyOptions))
 
@@ -154,7 +142,7 @@ def _error_line(done: subprocess.CompletedProcess) -> str:
 ])
 def test_cli_refuses_before_any_work(override, expected, models_dir, images, tmp_path):
     output = tmp_path / "out"
-    done, seconds = _cli(_argv(models_dir, images, output, **override))
+    done, seconds = _cli(job_args(models_dir, images, output, **override))
     assert done.returncode == 2
     assert _error_line(done) == "error: " + expected
     assert seconds < FAIL_FAST_SECONDS
@@ -163,8 +151,8 @@ def test_cli_refuses_before_any_work(override, expected, models_dir, images, tmp
 
 def test_cli_refuses_labels_that_do_not_match_the_classifier(models_dir, bad_models, images,
                                                             tmp_path):
-    done, seconds = _cli(_argv(models_dir, images, tmp_path / "out",
-                               classifier_labels=bad_models / "labels4.txt"))
+    done, seconds = _cli(job_args(models_dir, images, tmp_path / "out",
+                                  classifier_labels=bad_models / "labels4.txt"))
     assert done.returncode == 2
     line = _error_line(done)
     assert "has 4 labels but the classifier has 3 outputs; give one label per output" in line
@@ -173,9 +161,9 @@ def test_cli_refuses_labels_that_do_not_match_the_classifier(models_dir, bad_mod
 
 def test_cli_refuses_a_rerun_into_the_same_output(models_dir, images, tmp_path):
     output = tmp_path / "out"
-    run(_argv(models_dir, images, output))
+    run(job_args(models_dir, images, output))
     assert (output / SUCCESS_MARKER).exists()
-    done, seconds = _cli(_argv(models_dir, images, output))
+    done, seconds = _cli(job_args(models_dir, images, output))
     assert done.returncode == 2
     line = _error_line(done)
     assert "already holds a run's tables (finished: " in line and "pass --overwrite" in line
@@ -194,8 +182,8 @@ def test_cli_refuses_a_rerun_into_the_same_output(models_dir, images, tmp_path):
 ])
 def test_validate_refuses_a_detector_that_is_not_an_od_api_export(
         model, expected, models_dir, bad_models, images, tmp_path):
-    message = _refused(_argv(models_dir, images, tmp_path / "out",
-                             detector_model=bad_models / model))
+    message = _refused(job_args(models_dir, images, tmp_path / "out",
+                                detector_model=bad_models / model))
     assert message.startswith(f"--detector_model {bad_models / model} is not a usable OD API")
     assert expected in message
 
@@ -207,24 +195,24 @@ def test_validate_refuses_a_detector_that_is_not_an_od_api_export(
 ])
 def test_validate_refuses_a_classifier_that_does_not_take_images(
         model, expected, models_dir, bad_models, images, tmp_path):
-    message = _refused(_argv(models_dir, images, tmp_path / "out",
-                             classifier_model=bad_models / model))
+    message = _refused(job_args(models_dir, images, tmp_path / "out",
+                                classifier_model=bad_models / model))
     assert "cannot be loaded as an image classifier" in message and expected in message
 
 
 def test_validate_refuses_missing_classifier_and_labels(models_dir, images, tmp_path):
     assert "--classifier_model /nope.keras does not exist" in _refused(
-        _argv(models_dir, images, tmp_path / "out", classifier_model="/nope.keras"))
+        job_args(models_dir, images, tmp_path / "out", classifier_model="/nope.keras"))
     assert "--classifier_labels /nope.txt does not exist" in _refused(
-        _argv(models_dir, images, tmp_path / "out", classifier_labels="/nope.txt"))
+        job_args(models_dir, images, tmp_path / "out", classifier_labels="/nope.txt"))
     assert "cannot be read as UTF-8 text" in _refused(
-        _argv(models_dir, images, tmp_path / "out",
-              classifier_labels=images / "a.png"))  # a PNG is not a labels file
+        job_args(models_dir, images, tmp_path / "out",
+                 classifier_labels=images / "a.png"))  # a PNG is not a labels file
 
 
 def test_validate_refuses_bad_label_map(models_dir, bad_models, images, tmp_path):
-    message = _refused(_argv(models_dir, images, tmp_path / "out",
-                             detector_label_map=bad_models / "bad_map.pbtxt"))
+    message = _refused(job_args(models_dir, images, tmp_path / "out",
+                                detector_label_map=bad_models / "bad_map.pbtxt"))
     assert "label map has no 'item { id: ... name: ... }' entries" in message
 
 
@@ -236,21 +224,21 @@ def test_validate_refuses_inputs_that_name_no_images(models_dir, images, tmp_pat
     (tmp_path / "comments.txt").write_text("# only a comment\n\n")
     (tmp_path / "no_path_column.csv").write_text("file,label\na.png,x\n")
     out = tmp_path / "out"
-    assert "has no image files" in _refused(_argv(models_dir, empty, out, input=empty))
+    assert "has no image files" in _refused(job_args(models_dir, empty, out))
     assert "has no image files in it or its subfolders" in _refused(
-        _argv(models_dir, images, out, input=tmp_path / "docs"))
+        job_args(models_dir, tmp_path / "docs", out))
     assert "names no paths (only blank or # lines)" in _refused(
-        _argv(models_dir, images, out, input=tmp_path / "comments.txt"))
+        job_args(models_dir, tmp_path / "comments.txt", out))
     assert "has no 'path' column" in _refused(
-        _argv(models_dir, images, out, input=tmp_path / "no_path_column.csv"))
-    assert "--input is empty" in _refused(_argv(models_dir, images, out, input=" "))
+        job_args(models_dir, tmp_path / "no_path_column.csv", out))
+    assert "--input is empty" in _refused(job_args(models_dir, " ", out))
 
 
 def test_validate_refuses_an_output_that_cannot_be_written(models_dir, images, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder\n")
     # Tests run as root, so mode bits cannot stop a write; a folder under a file can't exist.
-    message = _refused(_argv(models_dir, images, blocker / "out"))
+    message = _refused(job_args(models_dir, images, blocker / "out"))
     assert "is not writable" in message and "choose another folder" in message
 
 
@@ -259,16 +247,16 @@ def test_validate_refuses_an_output_that_cannot_be_written(models_dir, images, t
     ("classifier_batch_size", 0), ("max_image_pixels", 0), ("num_shards", -1),
 ])
 def test_validate_refuses_out_of_range_numbers(flag, value, models_dir, images, tmp_path):
-    assert f"--{flag}" in _refused(_argv(models_dir, images, tmp_path / "out",
-                                         **{flag: value}))
+    assert f"--{flag}" in _refused(job_args(models_dir, images, tmp_path / "out",
+                                            **{flag: value}))
 
 
 # -- Safety: Keras safe mode ------------------------------------------------------------------
 
 def test_lambda_layer_is_refused_unless_unsafe_deserialization(models_dir, bad_models, images,
                                                               tmp_path):
-    argv = _argv(models_dir, images, tmp_path / "out",
-                 classifier_model=bad_models / "lambda.keras")
+    argv = job_args(models_dir, images, tmp_path / "out",
+                    classifier_model=bad_models / "lambda.keras")
     message = _refused(argv)
     assert "pass --unsafe_keras_deserialization if you trust it" in message
     config = _validate(argv + ["--unsafe_keras_deserialization"])
@@ -284,16 +272,16 @@ def _parquet_files(output) -> list[str]:
 def test_rerun_needs_overwrite_and_a_mistake_keeps_the_earlier_tables(models_dir, images,
                                                                       tmp_path):
     output = tmp_path / "out"
-    run(_argv(models_dir, images, output))
+    run(job_args(models_dir, images, output))
     first = _parquet_files(output)
     assert SUCCESS_MARKER in first and any(f.startswith("images/part-") for f in first)
-    assert "pass --overwrite to replace them" in _refused(_argv(models_dir, images, output))
+    assert "pass --overwrite to replace them" in _refused(job_args(models_dir, images, output))
     assert "pass --overwrite to replace them" in _refused(
-        _argv(models_dir, images, output) + ["--overwrite=false"])  # a template's explicit "no"
+        job_args(models_dir, images, output, "--overwrite=false"))  # a template's explicit "no"
     # --overwrite with another mistake: refused, and the earlier run's tables are still there.
-    _refused(_argv(models_dir, images, output, overwrite=True, detector_model="/nope"))
+    _refused(job_args(models_dir, images, output, overwrite=True, detector_model="/nope"))
     assert _parquet_files(output) == first
-    run(_argv(models_dir, images, output, overwrite=True))
+    run(job_args(models_dir, images, output, overwrite=True))
     rows = ds.dataset(str(output / "images"), format="parquet").to_table()
     assert rows.num_rows == 2  # replaced, not appended
 
@@ -316,7 +304,7 @@ def test_failed_run_leaves_no_tables_that_look_final(models_dir, images, tmp_pat
     monkeypatch.setattr(transforms.writing, "write_success_marker",
                         fail_after_tables_are_written)
     with pytest.raises(Exception, match="injected fault in MarkComplete"):
-        run(_argv(models_dir, images, output, **extra))
+        run(job_args(models_dir, images, output, **extra))
     assert len([name for name in seen if name.startswith("part-")]) == 2, seen
     leftovers = _parquet_files(output) if output.exists() else []
     if commits == "off":
@@ -325,7 +313,7 @@ def test_failed_run_leaves_no_tables_that_look_final(models_dir, images, tmp_pat
         assert sorted(name.split("/")[0] for name in leftovers) == [
             "_commits", "detections", "images"], leftovers
     monkeypatch.undo()
-    metrics = run(_argv(models_dir, images, output, **extra))  # a rerun needs no --overwrite
+    metrics = run(job_args(models_dir, images, output, **extra))  # a rerun needs no --overwrite
     if commits == "default":
         assert metrics["images_resumed"] == 2 and "images_read" not in metrics
     assert (output / SUCCESS_MARKER).exists()
@@ -334,7 +322,7 @@ def test_failed_run_leaves_no_tables_that_look_final(models_dir, images, tmp_pat
 
 
 def test_labels_are_the_classifiers_order(models_dir, images, tmp_path):
-    config = _validate(_argv(models_dir, images, tmp_path / "out"))
+    config = _validate(job_args(models_dir, images, tmp_path / "out"))
     assert config.classifier_labels == COLOR_LABELS
 
 
@@ -383,11 +371,11 @@ def test_on_off_flag_with_a_value_that_is_not_true_or_false_is_an_error(capsys):
 def test_output_that_is_a_file_is_refused_as_a_file(models_dir, images, tmp_path):
     target = tmp_path / "results.txt"
     target.write_text("not a folder")
-    message = _refused(_argv(models_dir, images, target))
+    message = _refused(job_args(models_dir, images, target))
     assert "is a file; --output names a folder" in message and "permission" not in message
 
 
 def test_a_model_mistake_leaves_no_output_folder_behind(models_dir, images, tmp_path):
     output = tmp_path / "new" / "out"
-    _refused(_argv(models_dir, images, output, detector_model=models_dir / "colors.keras"))
+    _refused(job_args(models_dir, images, output, detector_model=models_dir / "colors.keras"))
     assert not output.exists()
