@@ -1,7 +1,7 @@
 """Committed progress: a run makes its finished images durable in steps, and the same command
 again resumes an interrupted run (docs/commits.md).
 
-The protocol, in one output folder (names in ``transforms/writing.py``):
+The protocol, in one output folder (names in ``transforms/output_folder.py``):
 
 1. The launcher lists the input once, drops the paths a commit already holds (and, with
    ``--skip_done_in``, those complete earlier runs finished), and runs the rest in steps of
@@ -31,7 +31,7 @@ from typing import Any, Optional
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.run_lock import RunLock, RunLocked
-from transforms import writing
+from transforms import output_folder
 from transforms.model_files import is_local_path
 from transforms.reading import InputSpec, listed_kind, parse_manifest_line
 from transforms.records import STATUS_OK
@@ -88,7 +88,7 @@ def commit_every(opts: Any) -> int:
 # -- Commit records ------------------------------------------------------------------------------
 
 def _commits_folder(output: str) -> str:
-    return FileSystems.join(output.rstrip("/"), writing.COMMITS)
+    return FileSystems.join(output.rstrip("/"), output_folder.COMMITS)
 
 
 def read_commits(output: str) -> list[dict[str, Any]]:
@@ -118,7 +118,7 @@ def resumable(output: str) -> bool:
                          )[0].metadata_list:
         return True
     names = []
-    for table in writing.TABLES:
+    for table in output_folder.TABLES:
         folder = FileSystems.join(output.rstrip("/"), table)
         if is_local_path(output):
             local = folder.removeprefix("file://")
@@ -126,7 +126,8 @@ def resumable(output: str) -> bool:
         else:
             names += [m.path[len(folder):].lstrip("/")
                       for m in FileSystems.match([folder + "/**"])[0].metadata_list]
-    ours = (writing.COMMIT_PART_PREFIX, writing.BEAM_TEMP_PREFIX + writing.COMMIT_PART_PREFIX)
+    ours = (output_folder.COMMIT_PART_PREFIX,
+            output_folder.BEAM_TEMP_PREFIX + output_folder.COMMIT_PART_PREFIX)
     return bool(names) and all(name.startswith(ours) for name in names)
 
 
@@ -168,12 +169,12 @@ def write_commit(files: Sequence[str], output: str, index: int, header: Mapping[
         "detection_counts": dict(detection_counts), "classify_failed": int(classify_failed),
     }
     data = json.dumps(record, indent=1, default=str).encode("utf-8") + b"\n"
-    name = writing.COMMIT_RECORD.format(index=index)
+    name = output_folder.COMMIT_RECORD.format(index=index)
     _write_bytes_atomically(FileSystems.join(_commits_folder(output), name), data)
 
 
 def _utc_now() -> str:
-    from beam_pipeline.runs import utc_now
+    from beam_pipeline.run_record import utc_now
 
     return utc_now()
 
@@ -291,7 +292,7 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
     ``images_resumed`` and ``images_skipped``. Raises RunStopped when a step fails (its
     leftovers deleted, earlier commits kept) and RunLocked when another run holds the folder.
     """
-    from beam_pipeline.runs import ErrorGateFailed, finish_run
+    from beam_pipeline.run_record import ErrorGateFailed, finish_run
 
     output, every = config.output, config.commit_every
     with RunLock(output):
@@ -301,7 +302,7 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
                 raise RunStopped(f"--output {output} holds commits of other settings: "
                                  + fingerprint_difference(commit.get("fingerprint_parts", {}),
                                                           config.fingerprint_parts))
-        writing.delete_uncommitted(output, [name for c in earlier for name in c["files"]])
+        output_folder.delete_uncommitted(output, [name for c in earlier for name in c["files"]])
         held = committed_paths(output, earlier)
         listed = list_input(config.input, sample=config.sample)
         done = done_paths(config.done_tables, config.fingerprint) if config.done_tables \
@@ -322,7 +323,7 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
         while position < len(todo) or (index == first and not earlier):
             paths = todo[position:position + next_step_size(every, last)]
             step = dataclasses.replace(
-                config, input_paths=tuple(paths), part_prefix=f"{writing.COMMIT_PART_PREFIX}"
+                config, input_paths=tuple(paths), part_prefix=f"{output_folder.COMMIT_PART_PREFIX}"
                 f"{index:05d}", commit_index=index, commit_header=header, done_tables=(),
                 sample=1.0)
             began = time.monotonic()
@@ -331,7 +332,7 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
             except Exception as exc:  # pylint: disable=broad-except
                 kept = read_commits(output)
                 try:
-                    writing.delete_uncommitted(output, [n for c in kept for n in c["files"]])
+                    output_folder.delete_uncommitted(output, [n for c in kept for n in c["files"]])
                 except OSError:
                     pass
                 images = sum(int(c.get("images", 0)) for c in kept)

@@ -41,11 +41,11 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     from beam_pipeline.local_mode import choose_local_mode
     from beam_pipeline.options import DetectClassifyOptions, unknown_flags
     from beam_pipeline.pipeline import build_pipeline
-    from beam_pipeline.runs import ErrorGateFailed, read_run_record
+    from beam_pipeline.run_record import ErrorGateFailed, gate_line, gate_passed, read_run_record
     from beam_pipeline.summary import collect_metrics, format_summary
     from beam_pipeline.validation import ConfigError, validate
+    from transforms.output_folder import delete_tables
     from transforms.progress import ProgressPrinter
-    from transforms.writing import delete_tables
 
     start = time.monotonic()
     argv = list(argv) if argv is not None else sys.argv[1:]
@@ -94,8 +94,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
         raise  # committed work is kept: nothing here is deleted
     except Exception as exc:
         record = _record_or_none(read_run_record, config.output)
-        if record and not record.get("error_gate", {}).get("passed", True):
-            raise ErrorGateFailed(_gate_line(record, config.output)) from exc
+        if not gate_passed(record):
+            raise ErrorGateFailed(gate_line(record, config.output)) from exc
         if config.commit_every:
             raise  # never delete committed work
         # WriteDetections may have finished before a later stage failed: remove what this run
@@ -109,8 +109,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     ended = time.monotonic()
     print(format_summary(values, record, config, startup_s=started - start,
                          run_s=ended - started), flush=True)
-    if record and not record.get("error_gate", {}).get("passed", True):
-        raise ErrorGateFailed(_gate_line(record, config.output))
+    if not gate_passed(record):
+        raise ErrorGateFailed(gate_line(record, config.output))
     return values
 
 
@@ -119,14 +119,6 @@ def _record_or_none(read, output: str) -> Optional[dict]:
         return read(output)
     except (ValueError, OSError):
         return None
-
-
-def _gate_line(record: dict, output: str) -> str:
-    counts, gate = record.get("counts", {}), record.get("error_gate", {})
-    errors = sum(counts.get("errors_by_stage", {}).values())
-    return (f"error gate failed: {errors} of {counts.get('images_read')} images are errors "
-            f"({counts.get('error_fraction', 0):.1%}), over --max_error_fraction="
-            f"{gate.get('max_error_fraction')}; rows and {output}/run.json are written")
 
 
 def _wants_help(argv: Sequence[str]) -> bool:
@@ -156,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         # name and exit 2 (Beam's own options are checked by run()).
         job_parser().parse_known_args(argv)
         from beam_pipeline.commits import RunLocked, RunStopped
-        from beam_pipeline.runs import ErrorGateFailed
+        from beam_pipeline.run_record import ErrorGateFailed
         from beam_pipeline.validation import ConfigError
 
         logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)

@@ -9,22 +9,16 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from beam_pipeline.commits import write_commit
-from beam_pipeline.runs import finish_run
+from beam_pipeline.run_record import finish_run
 from transforms.classification import KerasClassifierModelHandler
 from transforms.detection import ObjectDetectionModelHandler
+from transforms.parquet_sink import CountDetectionRows, CountImageRows, WriteParquetTable
 from transforms.progress import CountProgress
 from transforms.reading import FAILED_TAG, InputSpec, ReadAndDecodeFn, ReadImagePaths
 from transforms.regions import IMAGES_TAG, CropRegionsFn
+from transforms.rows import FAILED_REGIONS_TAG, ToRowsFn, failed_batch_rows
 from transforms.skipping import SKIPPED_TAG, SkipDoneImages, in_sample
 from transforms.tiles import TilingConfig
-from transforms.writing import (
-    FAILED_REGIONS_TAG,
-    CountDetectionRows,
-    CountImageRows,
-    ToRowsFn,
-    WriteParquetTable,
-    failed_batch_rows,
-)
 
 __all__ = ["JobConfig", "build_pipeline"]
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from transforms import writing
+from transforms import output_folder
 from transforms.model_files import is_local_path
 
 __all__ = ["RunLock", "RunLocked"]
@@ -20,7 +20,7 @@ class RunLocked(RuntimeError):
 
 
 def _utc_now() -> str:
-    from beam_pipeline.runs import utc_now
+    from beam_pipeline.run_record import utc_now
 
     return utc_now()
 
@@ -41,7 +41,7 @@ class RunLock:
             return self
         folder = self._output.removeprefix("file://")
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, writing.RUN_LOCK)
+        path = os.path.join(folder, output_folder.RUN_LOCK)
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

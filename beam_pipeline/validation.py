@@ -13,7 +13,8 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipeline.commits import commit_every, fingerprint_difference, read_commits, resumable
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.pipeline import JobConfig
-from beam_pipeline.runs import complete_outputs, read_run_record, run_identity, table_files
+from beam_pipeline.run_record import read_run_record, run_identity
+from beam_pipeline.runs import complete_outputs
 from beam_pipeline.storage import storage_problem
 from transforms.box_formats import NORMALIZED
 from transforms.labels import LabelError, read_label_map, read_labels
@@ -30,6 +31,16 @@ from transforms.model_files import (
     read_score_threshold,
     resolve_model_path,
 )
+from transforms.output_folder import (
+    COMMITS,
+    OUTPUT_NAMES,
+    RUN_RECORD,
+    SUCCESS_MARKER,
+    TABLES,
+    delete_tables,
+    list_output,
+    table_files,
+)
 from transforms.reading import (
     IMAGE_EXTENSIONS,
     MANIFEST_EXTENSIONS,
@@ -41,15 +52,6 @@ from transforms.reading import (
 )
 from transforms.tf_runtime import configure_tensorflow
 from transforms.tiles import TilingConfig
-from transforms.writing import (
-    COMMITS,
-    OUTPUT_NAMES,
-    RUN_RECORD,
-    SUCCESS_MARKER,
-    TABLES,
-    delete_tables,
-    list_output,
-)
 
 __all__ = ["ConfigError", "check_input", "check_output", "check_output_location",
            "input_locations", "validate"]

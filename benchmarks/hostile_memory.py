@@ -33,7 +33,7 @@ from tests import hostile_files as hostile  # noqa: E402  (after the path is set
 _CHILD = """
 import json, resource, sys, time
 import transforms  # OpenCV's pixel limit, before cv2 is imported
-from beam_pipeline.runs import read_run_record
+from beam_pipeline.run_record import read_run_record
 from transforms.reading import ReadAndDecodeFn
 kind, path, max_pixels = sys.argv[1], sys.argv[2], int(sys.argv[3])
 start = time.perf_counter()

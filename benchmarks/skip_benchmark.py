@@ -61,9 +61,9 @@ def write_done_run(folder: str, seed_record: dict, paths: list[str]) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from beam_pipeline.runs import new_run_id, write_run_record
+    from beam_pipeline.run_record import new_run_id, write_run_record
+    from transforms.output_folder import write_success_marker
     from transforms.records import IMAGES_SCHEMA, STATUS_OK
-    from transforms.writing import write_success_marker
 
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(os.path.join(folder, "images"))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 
+# isort: off
+import transforms  # noqa: F401  (OpenCV's pixel limit, set before cv2 is imported)
 import cv2
+# isort: on
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
-
-import transforms  # noqa: F401, I001  (OpenCV's pixel limit, set before cv2 is imported)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

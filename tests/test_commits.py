@@ -31,8 +31,8 @@ from beam_pipeline.commits import (
 )
 from beam_pipeline.options import DetectClassifyOptions
 from tests.conftest import IMAGES, check_run, job_args
+from transforms.output_folder import delete_uncommitted
 from transforms.reading import resolve_input
-from transforms.writing import delete_uncommitted
 
 
 def _opts(*argv):

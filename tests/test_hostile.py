@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipeline import runs
+from beam_pipeline import run_record, runs
 from beam_pipeline.main import main
 from beam_pipeline.report.export import csv_cell, export_review, safe_name
 from beam_pipeline.validation import ConfigError, check_output, check_output_location
@@ -29,9 +29,9 @@ from tests import hostile_files as hostile
 from transforms.decoding import DecodeError, decode_image
 from transforms.labels import LabelError, parse_label_map, read_labels
 from transforms.model_files import local_model_problem
+from transforms.output_folder import delete_tables
 from transforms.reading import FAILED_TAG, ReadAndDecodeFn, resolve_input
 from transforms.records import DETECTIONS_SCHEMA, IMAGES_SCHEMA, DetectionRow
-from transforms.writing import delete_tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -339,13 +339,13 @@ def test_model_folders_with_devices_fifos_or_escaping_links_are_refused(kind, me
     folder = hostile.model_folder_with(str(tmp_path / "model"), kind)
     assert message in local_model_problem(folder)
     with pytest.raises(ValueError, match=message):
-        runs.content_digest(folder)  # refused before anything is opened: no hang
+        run_record.content_digest(folder)  # refused before anything is opened: no hang
 
 
 def test_a_link_inside_the_model_folder_is_fine(tmp_path):
     folder = hostile.model_folder_with(str(tmp_path / "model"), "inside")
     assert local_model_problem(folder) is None
-    assert len(runs.content_digest(folder)) == 64
+    assert len(run_record.content_digest(folder)) == 64
 
 
 @pytest.mark.e2e  # a launcher process

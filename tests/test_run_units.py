@@ -12,7 +12,7 @@ from apache_beam.metrics.cells import DistributionData, DistributionResult
 from apache_beam.metrics.execution import MetricKey, MetricResult
 from apache_beam.metrics.metricbase import MetricName
 
-from beam_pipeline.runs import (
+from beam_pipeline.run_record import (
     RECORD_VERSION,
     ErrorGateFailed,
     finish_run,
@@ -99,7 +99,8 @@ def test_finish_run_error_gate(tmp_path, max_error_fraction, passed):
     if passed:
         finish_run(*args)
     else:
-        with pytest.raises(ErrorGateFailed, match=r"0\.4000 of the images read are errors"):
+        with pytest.raises(ErrorGateFailed,
+                           match=r"4 of 10 images are errors \(40\.0%\), over --max_error_fr"):
             finish_run(*args)
     # Written whether the gate passes or not: the rows and the record are the run's result.
     assert (tmp_path / "_SUCCESS").exists()

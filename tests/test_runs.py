@@ -10,14 +10,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from beam_pipeline.main import main, run
-from beam_pipeline.runs import (
-    complete_outputs,
-    content_digest,
-    fingerprint,
-    latest_view,
-    new_run_id,
-    read_run_record,
-)
+from beam_pipeline.run_record import content_digest, fingerprint, new_run_id, read_run_record
+from beam_pipeline.runs import complete_outputs, latest_view
 from tests.conftest import IMAGES, job_args, read_table
 from transforms.skipping import in_sample
 

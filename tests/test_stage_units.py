@@ -22,6 +22,12 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import GlobalWindow
 
 from beam_pipeline.summary import collect_metrics
+from transforms.parquet_sink import (
+    CountDetectionRows,
+    CountImageRows,
+    RowsToTablesFn,
+    WriteParquetTable,
+)
 from transforms.records import (
     DETECTIONS_SCHEMA,
     IMAGES_SCHEMA,
@@ -35,16 +41,8 @@ from transforms.records import (
     Region,
 )
 from transforms.regions import IMAGES_TAG, CropRegionsFn
+from transforms.rows import FAILED_REGIONS_TAG, ToRowsFn, failed_batch_rows
 from transforms.skipping import SKIPPED_TAG, SkipDoneImages, in_sample
-from transforms.writing import (
-    FAILED_REGIONS_TAG,
-    CountDetectionRows,
-    CountImageRows,
-    RowsToTablesFn,
-    ToRowsFn,
-    WriteParquetTable,
-    failed_batch_rows,
-)
 
 # A 64 x 128 image whose boxes are exact in float32 (dyadic fractions), so a crop of a painted
 # box holds nothing but its colour.

@@ -13,12 +13,12 @@ import pyarrow.dataset as ds
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-import transforms.writing
+import transforms.output_folder
 from beam_pipeline.main import run
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.validation import ConfigError, validate
 from tests.conftest import COLOR_LABELS, job_args, paint_image, write_png
-from transforms.writing import SUCCESS_MARKER
+from transforms.output_folder import SUCCESS_MARKER
 
 pytestmark = pytest.mark.e2e  # runs the job, subprocesses or builds: the slow tier
 
@@ -301,7 +301,7 @@ def test_failed_run_leaves_no_tables_that_look_final(models_dir, images, tmp_pat
         seen.extend(os.listdir(output / "detections") + os.listdir(output / "images"))
         raise RuntimeError("injected fault in MarkComplete")
 
-    monkeypatch.setattr(transforms.writing, "write_success_marker",
+    monkeypatch.setattr(transforms.output_folder, "write_success_marker",
                         fail_after_tables_are_written)
     with pytest.raises(Exception, match="injected fault in MarkComplete"):
         run(job_args(models_dir, images, output, **extra))

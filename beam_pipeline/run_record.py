@@ -1,0 +1,312 @@
+"""The run record, ``OUTPUT/run.json``: what a run is (its id, the fingerprint of what makes an
+image's rows, the models and options), its counts from the tables written, the error gate,
+and reading and writing the record safely.
+
+An output folder is a finished run only when its ``run.json`` says ``"status": "complete"``;
+the pipeline writes that file as its very last act, after both tables are final. Everything
+trusts nothing else (like Hadoop/Spark output committers, which write data first and a small
+marker last).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Optional
+
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import output_folder
+from transforms.output_folder import RUN_RECORD
+
+__all__ = [
+    "RECORD_VERSION",
+    "ROW_OPTIONS",
+    "ErrorGateFailed",
+    "RunIdentity",
+    "content_digest",
+    "finish_run",
+    "fingerprint",
+    "gate_line",
+    "gate_passed",
+    "library_versions",
+    "new_run_id",
+    "read_run_record",
+    "run_counts",
+    "run_identity",
+    "utc_now",
+    "write_run_record",
+]
+
+RECORD_VERSION = 1
+
+
+def new_run_id(now: Optional[datetime.datetime] = None) -> str:
+    """A run id that sorts by start time: ``20261130T051502.123456Z-1a2b3c4d``."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(4)
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 with a ``Z``."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def content_digest(path: str) -> str:
+    """SHA-256 of a file, or of a folder's files by their relative paths and bytes.
+
+    By content, not location: the same model copied to another folder or bucket has the same
+    digest. ``path`` must be local (object-store models are copied once by validation).
+    """
+    from transforms.model_files import local_model_problem
+
+    problem = local_model_problem(path)  # a device or FIFO would never end or never answer
+    if problem is not None:
+        raise ValueError(problem)
+    digest = hashlib.sha256()
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                relative = os.path.relpath(full, path).replace(os.sep, "/")
+                digest.update(relative.encode("utf-8") + b"\0")
+                _update_with_file(digest, full)
+                digest.update(b"\0")
+    else:
+        _update_with_file(digest, path)
+    return digest.hexdigest()
+
+
+def _update_with_file(digest: Any, path: str) -> None:
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+
+
+def fingerprint(parts: Mapping[str, Any]) -> str:
+    """One digest of everything that changes an image's rows (model digests, label contents,
+    row-changing options), as canonical JSON; the first 16 bytes in hex."""
+    text = json.dumps(dict(parts), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the rows."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name, dist in (("apache-beam", "apache-beam"), ("tensorflow", "tensorflow"),
+                       ("keras", "keras"), ("opencv", "opencv-python-headless"),
+                       ("pyarrow", "pyarrow"), ("numpy", "numpy")):
+        try:
+            versions[name] = version(dist)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def write_run_record(output: str, record: Mapping[str, Any]) -> None:
+    """Writes ``OUTPUT/run.json`` (whole, in one create: object stores publish it atomically)."""
+    data = json.dumps(dict(record), indent=2, sort_keys=False, default=str).encode("utf-8")
+    with FileSystems.create(FileSystems.join(output, RUN_RECORD)) as handle:
+        handle.write(data + b"\n")
+
+
+class RunIdentity(NamedTuple):
+    """What a run is, known before it starts."""
+
+    run_id: str
+    fingerprint: str
+    record: dict[str, Any]  # the run record's fields but status, end and counts
+    parts: dict[str, Any] = {}  # what the fingerprint digests (commits name a difference)
+
+
+# Options that change an image's rows; each joins the fingerprint (add new ones here).
+ROW_OPTIONS = ("max_detections", "crop_padding", "classifier_preprocess")
+
+
+def run_identity(opts: Any, *, min_score: float, min_score_source: str,
+                 labels: Sequence[str], detector_labels: Optional[Mapping[int, str]],
+                 labels_path: str, detector_description: str,
+                 row_options: Optional[Mapping[str, Any]] = None) -> RunIdentity:
+    """Digests the models (by content, from the local copies validation already made), builds
+    the fingerprint and the record's fixed fields. ``row_options`` adds options that change
+    rows beyond ``ROW_OPTIONS`` (tiling, classified classes)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from beam_pipeline.options import job_option_names
+    from transforms.model_files import local_model_path
+
+    detector_digest = content_digest(local_model_path(opts.detector_model))
+    classifier_digest = content_digest(local_model_path(opts.classifier_model))
+    rows = {name: getattr(opts, name) for name in ROW_OPTIONS}
+    rows.update(row_options or {})
+    rows["min_score"] = min_score
+    parts = {
+        "version": RECORD_VERSION,
+        "detector": detector_digest,
+        "classifier": classifier_digest,
+        "classifier_labels": list(labels),
+        "detector_label_map": {str(k): v for k, v in sorted((detector_labels or {}).items())},
+        "options": rows,
+    }
+    started = datetime.datetime.now(datetime.timezone.utc)
+    record = {
+        "version": RECORD_VERSION,
+        "run_id": new_run_id(started),
+        "status": "running",
+        "started": started.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "ended": None,
+        "runner": opts.view_as(StandardOptions).runner or "DirectRunner",
+        "fingerprint": fingerprint(parts),
+        "models": {
+            "detector": {"path": opts.detector_model, "digest": detector_digest,
+                         "signature": detector_description},
+            "classifier": {"path": opts.classifier_model, "digest": classifier_digest},
+            "classifier_labels": {"path": labels_path, "labels": list(labels)},
+            "detector_label_map": parts["detector_label_map"] or None,
+        },
+        "min_score": {"value": min_score, "source": min_score_source},
+        "options": {name: getattr(opts, name, None) for name in job_option_names()},
+        "libraries": library_versions(),
+    }
+    return RunIdentity(record["run_id"], record["fingerprint"], record, parts)
+
+
+class ErrorGateFailed(RuntimeError):
+    """The run's error fraction was over ``--max_error_fraction``; its record is written."""
+
+
+def run_counts(image_counts: Mapping[str, int], detection_counts: Mapping[str, int],
+               classify_failed: int, skipped: int) -> dict[str, Any]:
+    """The record's ``counts`` from the per-table counts (``transforms.parquet_sink``)."""
+    read = int(image_counts.get("images", 0))
+    errors = {stage: int(image_counts.get(f"error_{stage}", 0))
+              for stage in ("read", "decode", "detect", "classify")}
+    regions = int(detection_counts.get("regions", 0))
+    return {
+        "images_read": read,
+        "images_ok": int(image_counts.get("ok", 0)),
+        "images_skipped": int(skipped),
+        "errors_by_stage": errors,
+        "regions_kept": regions + int(classify_failed),
+        "regions_written": regions,
+        "regions_classified": int(detection_counts.get("classified", 0)),
+        "regions_failed_classify": int(classify_failed),
+        "error_fraction": round(sum(errors.values()) / read, 6) if read else 0.0,
+    }
+
+
+def finish_run(_, output: str, record: Mapping[str, Any], image_counts: Mapping[str, int],
+               detection_counts: Mapping[str, int], classify_failed: int, skipped: int,
+               max_error_fraction: Optional[float]) -> None:
+    """The pipeline's last step, on a worker once both tables are final: writes ``_SUCCESS``
+    and then the complete run record; raises ErrorGateFailed after writing when the error
+    fraction is over the gate, so the job fails even where the launcher does not wait."""
+    counts = run_counts(image_counts, detection_counts, classify_failed, skipped)
+    passed = max_error_fraction is None or counts["error_fraction"] <= max_error_fraction
+    final = {**record, "status": "complete", "ended": utc_now(), "counts": counts,
+             "error_gate": {"max_error_fraction": max_error_fraction, "passed": passed}}
+    output_folder.write_success_marker(output)
+    write_run_record(output, final)
+    if not gate_passed(final):
+        raise ErrorGateFailed(gate_line(final, output))
+
+
+def gate_passed(record: Optional[Mapping[str, Any]]) -> bool:
+    """False only for a record whose error gate failed (no record, no gate: nothing failed)."""
+    return bool((record or {}).get("error_gate", {}).get("passed", True))
+
+
+def gate_line(record: Mapping[str, Any], output: str) -> str:
+    """The one line a failed error gate prints (the launcher's exit 3, the job's failure)."""
+    counts, gate = record.get("counts", {}), record.get("error_gate", {})
+    errors = sum(counts.get("errors_by_stage", {}).values())
+    return (f"error gate failed: {errors} of {counts.get('images_read')} images are errors "
+            f"({counts.get('error_fraction', 0):.1%}), over --max_error_fraction="
+            f"{gate.get('max_error_fraction')}; rows and {output}/{RUN_RECORD} are written")
+
+
+# A run record is a few KB; anything much larger or deeper is not one (and must not cost memory).
+MAX_RECORD_BYTES = 1 << 20
+MAX_RECORD_DEPTH = 16
+# Fields a record must have, with their types, to be trusted.
+_RECORD_FIELDS = {"run_id": str, "status": str}
+_OPTIONAL_OBJECTS = ("counts", "error_gate", "models", "options", "skip_done_in")
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_RECORD_DEPTH:
+            break
+        children = item.values() if isinstance(item, dict) else item if isinstance(
+            item, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _file_size(path: str) -> Optional[int]:
+    found = FileSystems.match([path])[0].metadata_list
+    return found[0].size_in_bytes if found else None
+
+
+def read_run_record(output: str) -> Optional[dict[str, Any]]:
+    """The run record of ``output``, or None when there is none. Raises ValueError (one line
+    that never quotes the file's bytes) when it exists but is not a small JSON object of the
+    known version and shape: over MAX_RECORD_BYTES (checked from its size before reading),
+    nested deeper than MAX_RECORD_DEPTH, not a regular file, or missing its fields."""
+    from transforms.reading import local_file_problem
+
+    path = FileSystems.join(output.rstrip("/"), RUN_RECORD)
+    try:
+        if not FileSystems.exists(path):
+            return None
+        problem = local_file_problem(path)
+        if problem is not None:
+            raise ValueError(f"{path} cannot be read: {problem}")
+        size = _file_size(path)
+        if size is not None and size > MAX_RECORD_BYTES:
+            raise ValueError(f"{path} is {size} bytes, over the {MAX_RECORD_BYTES} of any run "
+                             "record")
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            data = handle.read(MAX_RECORD_BYTES + 1)
+        if len(data) > MAX_RECORD_BYTES:
+            raise ValueError(f"{path} is over the {MAX_RECORD_BYTES} bytes of any run record")
+        record = json.loads(data.decode("utf-8"))
+    except RecursionError as exc:
+        raise ValueError(f"{path} is nested too deeply to be a run record") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON (at line {exc.lineno}, column "
+                         f"{exc.colno})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (at byte {exc.start})") from exc
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read: {type(exc).__name__}") from exc
+    if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
+        raise ValueError(f"{path} is not a run record of version {RECORD_VERSION}")
+    if _depth(record) > MAX_RECORD_DEPTH:
+        raise ValueError(f"{path} is nested deeper than {MAX_RECORD_DEPTH} levels: not a run "
+                         "record")
+    wrong = [name for name, kind in _RECORD_FIELDS.items()
+             if not isinstance(record.get(name), kind)]
+    wrong += [name for name in ("fingerprint", "started", "ended")
+              if record.get(name) is not None and not isinstance(record[name], str)]
+    wrong += [name for name in _OPTIONAL_OBJECTS
+              if record.get(name) is not None and not isinstance(record[name], dict)]
+    if wrong:
+        raise ValueError(f"{path} is not a run record of this job (wrong or missing: "
+                         f"{', '.join(wrong)})")
+    return record
+
+
+# Columns a complete run's tables must have for the skip, the report and the latest view.
