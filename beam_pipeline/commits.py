@@ -34,7 +34,7 @@ from beam_pipeline.run_lock import RunLock, RunLocked
 from transforms import output_folder
 from transforms.model_files import is_local_path
 from transforms.reading import InputSpec, listed_kind, parse_manifest_line
-from transforms.records import STATUS_OK
+from transforms.records import STATUS_OK, short_message
 from transforms.skipping import in_sample
 
 __all__ = [
@@ -294,18 +294,19 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
     """
     from beam_pipeline.run_record import ErrorGateFailed, finish_run
 
-    output, every = config.output, config.commit_every
+    run, select = config.run, config.select
+    output, every = run.output, run.commit_every
     with RunLock(output):
         earlier = read_commits(output)
         for commit in earlier:  # checked by validation too; the folder may have moved on since
-            if commit.get("fingerprint") != config.fingerprint:
+            if commit.get("fingerprint") != run.fingerprint:
                 raise RunStopped(f"--output {output} holds commits of other settings: "
                                  + fingerprint_difference(commit.get("fingerprint_parts", {}),
-                                                          config.fingerprint_parts))
+                                                          run.fingerprint_parts))
         output_folder.delete_uncommitted(output, [name for c in earlier for name in c["files"]])
         held = committed_paths(output, earlier)
-        listed = list_input(config.input, sample=config.sample)
-        done = done_paths(config.done_tables, config.fingerprint) if config.done_tables \
+        listed = list_input(select.input, sample=select.sample)
+        done = done_paths(select.done_tables, run.fingerprint) if select.done_tables \
             else set()
         todo = [path for path in listed if path not in held and path not in done]
         skipped = sum(1 for path in listed if path in done and path not in held)
@@ -313,9 +314,9 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
         if progress_folder:
             _write_queued(progress_folder, len(todo))
         first = (earlier[-1]["commit"] + 1) if earlier else 0
-        header = {"run_id": config.run_id, "fingerprint": config.fingerprint,
-                  "fingerprint_parts": dict(config.fingerprint_parts),
-                  "started": config.record.get("started"),
+        header = {"run_id": run.run_id, "fingerprint": run.fingerprint,
+                  "fingerprint_parts": dict(run.fingerprint_parts),
+                  "started": run.record.get("started"),
                   "commit_every": "auto" if every == AUTO else every, "attempt": _utc_now()}
         values: dict[str, float] = {}
         position, last, index = 0, None, first
@@ -323,9 +324,12 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
         while position < len(todo) or (index == first and not earlier):
             paths = todo[position:position + next_step_size(every, last)]
             step = dataclasses.replace(
-                config, input_paths=tuple(paths), part_prefix=f"{output_folder.COMMIT_PART_PREFIX}"
-                f"{index:05d}", commit_index=index, commit_header=header, done_tables=(),
-                sample=1.0)
+                config,
+                select=dataclasses.replace(select, input_paths=tuple(paths), done_tables=(),
+                                           sample=1.0),
+                run=dataclasses.replace(
+                    run, part_prefix=f"{output_folder.COMMIT_PART_PREFIX}{index:05d}",
+                    commit_index=index, commit_header=header))
             began = time.monotonic()
             try:
                 _add(values, run_step(step))
@@ -336,7 +340,8 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
                 except OSError:
                     pass
                 images = sum(int(c.get("images", 0)) for c in kept)
-                first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+                first_line = short_message(
+                    (str(exc).strip() or type(exc).__name__).splitlines()[0], 300)
                 raise RunStopped(
                     f"the run stopped in step {index - first + 1}, images {position + 1}-"
                     f"{position + len(paths)} of the {len(todo)} to do "
@@ -352,14 +357,14 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
         for commit in commits:
             _add(image_counts, commit["image_counts"])
             _add(detection_counts, commit["detection_counts"])
-        record = {**config.record, "commits": {
+        record = {**run.record, "commits": {
             "every": "auto" if every == AUTO else every, "count": len(commits),
             "images_resumed": resumed,
             "attempts": len({c.get("attempt") for c in commits} | {header.get("attempt")})}}
         try:
             finish_run(None, output, record, image_counts, detection_counts,
                        sum(int(c["classify_failed"]) for c in commits), skipped,
-                       config.max_error_fraction)
+                       run.max_error_fraction)
         except ErrorGateFailed:
             pass  # the record says so; the launcher reports it like any other run's gate
     values["images_resumed"] = resumed

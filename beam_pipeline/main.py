@@ -41,11 +41,13 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     from beam_pipeline.local_mode import choose_local_mode
     from beam_pipeline.options import DetectClassifyOptions, unknown_flags
     from beam_pipeline.pipeline import build_pipeline
+    from beam_pipeline.planning import plan
     from beam_pipeline.run_record import ErrorGateFailed, gate_line, gate_passed, read_run_record
     from beam_pipeline.summary import collect_metrics, format_summary
-    from beam_pipeline.validation import ConfigError, validate
+    from beam_pipeline.validation import ConfigError, removing_created_output, validate
     from transforms.output_folder import delete_tables
     from transforms.progress import ProgressPrinter
+    from transforms.records import short_list
 
     start = time.monotonic()
     argv = list(argv) if argv is not None else sys.argv[1:]
@@ -58,19 +60,30 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     # Validation reads models, manifests and the output folder before a Pipeline exists (which
     # is what normally hands the options to the filesystems): s3:// needs its endpoint and keys.
     FileSystems.set_options(options)
-    config = validate(job)
+    with removing_created_output(job.output):
+        config = plan(job, validate(job))
+    if job.overwrite:  # every check passed: now the earlier run's files may go
+        left = delete_tables(job.output)
+        if left:
+            print(f"note: --overwrite deleted only this job's files in {job.output}; left "
+                  f"alone: {short_list(left)}", file=sys.stderr)
     local = _is_local_direct(options)
     running = ""
     if local:
-        mode = choose_local_mode(argv, config.input, skipping=bool(config.done_tables),
+        mode = choose_local_mode(argv, config.select.input,
+                                 skipping=bool(config.select.done_tables),
                                  verbose=bool(job.verbose))
         running = f"DirectRunner, {mode.reason}"
         if mode.flags:
             options = PipelineOptions([*argv, *mode.flags])
     progress_folder = tempfile.mkdtemp(prefix="bdc-progress-") if local and job.progress \
         else None
-    record = {**config.record, "running": running} if running else config.record
-    config = dataclasses.replace(config, progress_folder=progress_folder, record=record)
+    run_config = config.run
+    if running:
+        run_config = dataclasses.replace(run_config, record={**run_config.record,
+                                                             "running": running})
+    config = dataclasses.replace(config, progress_folder=progress_folder, run=run_config)
+    output = run_config.output
     started = time.monotonic()
 
     def run_graph(step_config) -> dict[str, float]:
@@ -86,31 +99,31 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
         with quiet_worker_processes(enabled=workers and os.environ.get("BDC_VERBOSE") != "1"), \
                 (ProgressPrinter(progress_folder) if progress_folder
                  else contextlib.nullcontext()):
-            if config.commit_every:
+            if run_config.commit_every:
                 values = run_in_commits(config, run_graph, progress_folder=progress_folder)
             else:
                 values = run_graph(config)
     except (RunStopped, RunLocked):
         raise  # committed work is kept: nothing here is deleted
     except Exception as exc:
-        record = _record_or_none(read_run_record, config.output)
+        record = _record_or_none(read_run_record, output)
         if not gate_passed(record):
-            raise ErrorGateFailed(gate_line(record, config.output)) from exc
-        if config.commit_every:
+            raise ErrorGateFailed(gate_line(record, output)) from exc
+        if run_config.commit_every:
             raise  # never delete committed work
         # WriteDetections may have finished before a later stage failed: remove what this run
         # wrote, so nothing in --output looks like a finished run's table.
-        delete_tables(config.output)
+        delete_tables(output)
         raise
     finally:
         if progress_folder:
             shutil.rmtree(progress_folder, ignore_errors=True)
-    record = _record_or_none(read_run_record, config.output)
+    record = _record_or_none(read_run_record, output)
     ended = time.monotonic()
     print(format_summary(values, record, config, startup_s=started - start,
                          run_s=ended - started), flush=True)
     if not gate_passed(record):
-        raise ErrorGateFailed(gate_line(record, config.output))
+        raise ErrorGateFailed(gate_line(record, output))
     return values
 
 

@@ -23,10 +23,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import output_folder
 from transforms.output_folder import RUN_RECORD
+from transforms.records import ERROR_STAGES
 
 __all__ = [
     "RECORD_VERSION",
-    "ROW_OPTIONS",
     "ErrorGateFailed",
     "RunIdentity",
     "content_digest",
@@ -38,6 +38,7 @@ __all__ = [
     "new_run_id",
     "read_run_record",
     "run_counts",
+    "row_options",
     "run_identity",
     "utc_now",
     "write_run_record",
@@ -129,16 +130,32 @@ class RunIdentity(NamedTuple):
 
 
 # Options that change an image's rows; each joins the fingerprint (add new ones here).
-ROW_OPTIONS = ("max_detections", "crop_padding", "classifier_preprocess")
+def row_options(opts: Any, *, min_score: float, classify_classes: Optional[frozenset[int]],
+                box_format: str) -> dict[str, Any]:
+    """Every option that changes an image's rows, as it enters the fingerprint (the one place
+    that says which: add a new row-changing option here). Options that only change how the
+    work is laid out (batch sizes, shards, runner, commits) are left out."""
+    rows: dict[str, Any] = {
+        "max_detections": opts.max_detections,
+        "crop_padding": opts.crop_padding,
+        "classifier_preprocess": opts.classifier_preprocess,
+        "classify_detector_classes": sorted(classify_classes or []) or None,
+        "tile_size": opts.tile_size,
+        "min_score": min_score,
+    }
+    if box_format != "normalized":  # only then, so earlier runs' fingerprints still match
+        rows["detector_box_format"] = box_format
+    if opts.tile_size:
+        rows.update(tile_overlap=opts.tile_overlap, tile_full_image=opts.tile_full_image)
+    return rows
 
 
-def run_identity(opts: Any, *, min_score: float, min_score_source: str,
+def run_identity(opts: Any, *, rows: Mapping[str, Any], min_score_source: str,
                  labels: Sequence[str], detector_labels: Optional[Mapping[int, str]],
-                 labels_path: str, detector_description: str,
-                 row_options: Optional[Mapping[str, Any]] = None) -> RunIdentity:
+                 labels_path: str, detector_description: str) -> RunIdentity:
     """Digests the models (by content, from the local copies validation already made), builds
-    the fingerprint and the record's fixed fields. ``row_options`` adds options that change
-    rows beyond ``ROW_OPTIONS`` (tiling, classified classes)."""
+    the fingerprint from them, the labels and ``rows`` (``row_options``), and the record's
+    fixed fields."""
     from apache_beam.options.pipeline_options import StandardOptions
 
     from beam_pipeline.options import job_option_names
@@ -146,9 +163,8 @@ def run_identity(opts: Any, *, min_score: float, min_score_source: str,
 
     detector_digest = content_digest(local_model_path(opts.detector_model))
     classifier_digest = content_digest(local_model_path(opts.classifier_model))
-    rows = {name: getattr(opts, name) for name in ROW_OPTIONS}
-    rows.update(row_options or {})
-    rows["min_score"] = min_score
+    min_score = rows["min_score"]
+    rows = dict(rows)
     parts = {
         "version": RECORD_VERSION,
         "detector": detector_digest,
@@ -189,7 +205,7 @@ def run_counts(image_counts: Mapping[str, int], detection_counts: Mapping[str, i
     """The record's ``counts`` from the per-table counts (``transforms.parquet_sink``)."""
     read = int(image_counts.get("images", 0))
     errors = {stage: int(image_counts.get(f"error_{stage}", 0))
-              for stage in ("read", "decode", "detect", "classify")}
+              for stage in ERROR_STAGES}
     regions = int(detection_counts.get("regions", 0))
     return {
         "images_read": read,

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 
 from apache_beam.metrics.metric import MetricsFilter
 
-from transforms.records import METRICS_NAMESPACE
+from transforms.records import ERROR_STAGES, METRICS_NAMESPACE
 
 __all__ = ["collect_metrics", "format_summary"]
 
@@ -55,19 +55,19 @@ def format_summary(values: Mapping[str, float], record: Optional[Mapping[str, An
         f"images:  {read} read, {counts.get('images_ok', 0)} ok, {skipped} skipped as "
         "done; errors by stage: "
         + ", ".join(f"{stage} {errors.get(stage, 0)}"
-                    for stage in ("read", "decode", "detect", "classify")),
+                    for stage in ERROR_STAGES),
         f"regions: {int(values.get('regions_detected', 0))} detected, "
         f"{counts.get('regions_kept', 0)} kept, {counts.get('regions_classified', 0)} "
         f"classified, {int(values.get('regions_dropped_degenerate', 0))} dropped as degenerate",
     ]
     source = (record or {}).get("min_score", {}).get("source", "")
     detector = (record or {}).get("models", {}).get("detector", {}).get("signature", "")
-    lines.append(f"choices: --min_score {config.min_score:g} (from {source})")
+    lines.append(f"choices: --min_score {config.detect.min_score:g} (from {source})")
     lines.append(f"detector: {detector}")
-    if config.record.get("running"):
-        lines.append(f"running: {config.record['running']}")
-    if config.record.get("skip_done_in", {}).get("patterns"):
-        earlier = len(config.record["skip_done_in"]["complete_runs_with_this_fingerprint"])
+    if config.run.record.get("running"):
+        lines.append(f"running: {config.run.record['running']}")
+    if config.run.record.get("skip_done_in", {}).get("patterns"):
+        earlier = len(config.run.record["skip_done_in"]["complete_runs_with_this_fingerprint"])
         lines.append(f"skipping: {earlier} earlier complete runs with this fingerprint")
     committed = (record or {}).get("commits")
     if committed:
@@ -89,8 +89,8 @@ def format_summary(values: Mapping[str, float], record: Optional[Mapping[str, An
     lines += [
         f"time:    {total:.1f} s ({startup_s:.1f} s start-up and checks, {run_s:.1f} s "
         f"running, {rate:.1f} images/s)",
-        f"output:  {config.output}/detections/ and images/ (Parquet), run.json "
-        f"(run {config.run_id})",
+        f"output:  {config.run.output}/detections/ and images/ (Parquet), run.json "
+        f"(run {config.run.run_id})",
     ]
     if record is None:
         lines.append("warning: no run.json was written: the run is not complete")

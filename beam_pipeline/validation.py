@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
-import sys
 import uuid
-from typing import Optional
+from collections.abc import Iterator
+from typing import NamedTuple, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline.commits import commit_every, fingerprint_difference, read_commits, resumable
+from beam_pipeline.commits import commit_every, read_commits, resumable
 from beam_pipeline.options import DetectClassifyOptions
-from beam_pipeline.pipeline import JobConfig
-from beam_pipeline.run_record import read_run_record, run_identity
-from beam_pipeline.runs import complete_outputs
+from beam_pipeline.run_record import read_run_record
 from beam_pipeline.storage import storage_problem
-from transforms.box_formats import NORMALIZED
 from transforms.labels import LabelError, read_label_map, read_labels
 from transforms.model_files import (
     DEFAULT_CLASSIFIER,
@@ -37,9 +35,7 @@ from transforms.output_folder import (
     RUN_RECORD,
     SUCCESS_MARKER,
     TABLES,
-    delete_tables,
     list_output,
-    table_files,
 )
 from transforms.reading import (
     IMAGE_EXTENSIONS,
@@ -50,11 +46,11 @@ from transforms.reading import (
     local_file_problem,
     resolve_input,
 )
+from transforms.records import short_list
 from transforms.tf_runtime import configure_tensorflow
-from transforms.tiles import TilingConfig
 
-__all__ = ["ConfigError", "check_input", "check_output", "check_output_location",
-           "input_locations", "validate"]
+__all__ = ["Checked", "ConfigError", "check_input", "check_output", "check_output_location",
+           "input_locations", "removing_created_output", "validate"]
 
 
 class ConfigError(ValueError):
@@ -172,11 +168,6 @@ def _job_output_shown(output: str, listing) -> tuple[bool, Optional[str]]:
     return shown, f"unfinished, no {RUN_RECORD}"
 
 
-def _few(paths: list[str], limit: int = 5) -> str:
-    shown = ", ".join(paths[:limit])
-    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
-
-
 def check_output(output: str, *, overwrite: bool, resume: bool = False) -> None:
     """Refuses an output folder that holds an earlier run of this job (unless ``overwrite``, or
     ``resume`` for an unfinished run with commits, which the same command resumes),
@@ -207,7 +198,7 @@ def check_output(output: str, *, overwrite: bool, resume: bool = False) -> None:
     claimed = [path for path in listing.others if top(path) in OUTPUT_NAMES]
     if not ours_shown and (listing.ours or claimed):
         raise ConfigError(
-            f"--output {output} holds {_few(listing.ours + claimed)}, which this job did not "
+            f"--output {output} holds {short_list(listing.ours + claimed)}, which this job did not "
             f"write (no run record of this job, no part-*.parquet files): choose another "
             "--output; nothing was deleted")
     # An earlier run is its record, part files or commit records; the run lock or a sink's
@@ -326,8 +317,26 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def validate(opts: DetectClassifyOptions) -> JobConfig:
-    """Checks options, models, labels and output, and returns the graph's configuration.
+class Checked(NamedTuple):
+    """What the checks proved or read, for ``beam_pipeline.planning`` to build the config."""
+
+    input: InputSpec
+    labels: tuple[str, ...]
+    labels_path: str
+    detector_labels: Optional[dict[int, str]]
+    detector_description: str  # the export variant and its box convention, in words
+    box_format: str  # the convention the probe proved (transforms.box_formats)
+    crop_size: tuple[int, int]  # the classifier's input height, width
+    min_score: float
+    min_score_source: str
+    classify_classes: Optional[frozenset[int]]
+    commit_every: int  # images per commit step; 0 = one step, no commits
+    commits: tuple[dict, ...]  # the commit records of an unfinished run in --output
+
+
+def validate(opts: DetectClassifyOptions) -> Checked:
+    """Checks options, models, labels and output before any work; changes nothing but a
+    probe file in ``--output`` (and the folder, when it had to be made to prove it writable).
 
     A local ``--output`` folder that the checks created is removed again when a later check
     fails, so a mistake leaves nothing behind.
@@ -335,17 +344,25 @@ def validate(opts: DetectClassifyOptions) -> JobConfig:
     Raises:
         ConfigError: with one line naming the problem and the fix.
     """
-    local = opts.output.removeprefix("file://") if is_local_path(opts.output) else None
+    with removing_created_output(opts.output):
+        return _validate(opts)
+
+
+@contextlib.contextmanager
+def removing_created_output(output: str) -> Iterator[None]:
+    """Removes a local ``output`` folder created inside the block, if still empty, when the
+    block raises ConfigError (the launcher wraps validation and planning in it)."""
+    local = output.removeprefix("file://") if is_local_path(output) else None
     existed = local is None or os.path.exists(local)
     try:
-        return _validate(opts)
+        yield
     except ConfigError:
         if not existed and os.path.isdir(local) and not os.listdir(local):
             os.rmdir(local)
         raise
 
 
-def _validate(opts: DetectClassifyOptions) -> JobConfig:
+def _validate(opts: DetectClassifyOptions) -> Checked:
     from transforms.classification import ClassifierModel
     from transforms.detection import DetectorModel
 
@@ -416,59 +433,15 @@ def _validate(opts: DetectClassifyOptions) -> JobConfig:
                           f"classifier has {classifier.num_classes} outputs; give one label per "
                           "output, in order")
     min_score, min_score_source = _min_score(opts)
-    classify_classes = parse_detector_classes(opts.classify_detector_classes, detector_labels)
-    identity = run_identity(
-        opts, min_score=min_score, min_score_source=min_score_source, labels=labels,
-        detector_labels=detector_labels, labels_path=labels_path,
-        detector_description=_describe(detector),
-        row_options={"classify_detector_classes": sorted(classify_classes or []) or None,
-                     "tile_size": opts.tile_size,
-                     # Only when not normalized, so earlier runs' fingerprints still match.
-                     **({"detector_box_format": box_format} if box_format != NORMALIZED
-                        else {}),
-                     **({"tile_overlap": opts.tile_overlap,
-                         "tile_full_image": opts.tile_full_image} if opts.tile_size else {})})
-    for commit in commits[:1]:  # every commit of a folder has its first one's fingerprint
-        if commit.get("fingerprint") != identity.fingerprint:
-            raise ConfigError(
-                f"--output {opts.output} holds an unfinished run ({len(commits)} commits) made "
-                "with other settings: "
-                + fingerprint_difference(commit.get("fingerprint_parts", {}), identity.parts)
-                + "; run its own command again to resume it, or pass --overwrite to start "
-                "afresh")
-        # One run across its attempts: its id and start are the first attempt's.
-        identity = identity._replace(run_id=commit["run_id"], record={
-            **identity.record, "run_id": commit["run_id"], "started": commit["started"]})
-    done = complete_outputs(opts.skip_done_in or [], exclude=[opts.output])
-    done = [(folder, record) for folder, record in done
-            if record.get("fingerprint") == identity.fingerprint]
-    if opts.overwrite:  # every check passed: now the earlier run's files may go
-        left = delete_tables(opts.output)
-        if left:
-            print(f"note: --overwrite deleted only this job's files in {opts.output}; left "
-                  f"alone: {_few(left)}", file=sys.stderr)
-    record = {**identity.record, "skip_done_in": {
-        "patterns": list(opts.skip_done_in or []),
-        "complete_runs_with_this_fingerprint": [folder for folder, _ in done]}}
-    return JobConfig(
-        input=spec, output=opts.output, detector_model=opts.detector_model,
-        classifier_model=opts.classifier_model, classifier_labels=tuple(labels),
-        classifier_input_size=(int(classifier.input_height), int(classifier.input_width)),
-        detector_labels=detector_labels, min_score=min_score,
-        max_detections=opts.max_detections, crop_padding=opts.crop_padding,
-        classifier_batch_size=opts.classifier_batch_size,
-        classifier_preprocess=opts.classifier_preprocess,
-        max_image_pixels=opts.max_image_pixels,
-        safe_mode=not opts.unsafe_keras_deserialization,
-        model_copies=opts.model_copies or None, num_shards=opts.num_shards,
-        run_id=identity.run_id, fingerprint=identity.fingerprint, record=record,
-        done_tables=tuple(table_files(folder, "images") for folder, _ in done),
-        sample=opts.sample, max_error_fraction=opts.max_error_fraction,
-        tiling=TilingConfig(opts.tile_size, overlap=opts.tile_overlap,
-                            full_image=opts.tile_full_image,
-                            batch_size=opts.tile_batch_size) if opts.tile_size else None,
-        classify_detector_classes=classify_classes, detector_box_format=box_format,
-        commit_every=every, fingerprint_parts=identity.parts)
+    return Checked(
+        input=spec, labels=tuple(labels), labels_path=labels_path,
+        detector_labels=detector_labels, detector_description=_describe(detector),
+        box_format=box_format,
+        crop_size=(int(classifier.input_height), int(classifier.input_width)),
+        min_score=min_score, min_score_source=min_score_source,
+        classify_classes=parse_detector_classes(opts.classify_detector_classes,
+                                                detector_labels),
+        commit_every=every, commits=tuple(commits))
 
 
 def parse_detector_classes(value: Optional[str],

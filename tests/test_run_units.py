@@ -164,8 +164,9 @@ def test_collect_metrics_of_a_runner_that_reports_none():
 
 
 def _config(**record):
-    return types.SimpleNamespace(min_score=0.35, record=record, output="gs://b/out",
-                                 run_id="run-1")
+    return types.SimpleNamespace(detect=types.SimpleNamespace(min_score=0.35),
+                                 run=types.SimpleNamespace(record=record, output="gs://b/out",
+                                                           run_id="run-1"))
 
 
 SUMMARY_RECORD = {

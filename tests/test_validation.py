@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import transforms.output_folder
 from beam_pipeline.main import run
 from beam_pipeline.options import DetectClassifyOptions
+from beam_pipeline.planning import plan
 from beam_pipeline.validation import ConfigError, validate
 from tests.conftest import COLOR_LABELS, job_args, paint_image, write_png
 from transforms.output_folder import SUCCESS_MARKER
@@ -101,7 +102,9 @@ def images(tmp_path_factory):
 
 
 def _validate(argv: list[str]):
-    return validate(PipelineOptions(argv).view_as(DetectClassifyOptions))
+    """The launcher's checks and plan, as main.run makes them (refusals from either)."""
+    opts = PipelineOptions(argv).view_as(DetectClassifyOptions)
+    return plan(opts, validate(opts))
 
 
 def _refused(argv: list[str]) -> str:
@@ -260,7 +263,7 @@ def test_lambda_layer_is_refused_unless_unsafe_deserialization(models_dir, bad_m
     message = _refused(argv)
     assert "pass --unsafe_keras_deserialization if you trust it" in message
     config = _validate(argv + ["--unsafe_keras_deserialization"])
-    assert config.safe_mode is False and config.classifier_input_size == (16, 16)
+    assert config.classify.safe_mode is False and config.detect.crop_size == (16, 16)
 
 
 # -- Reruns -----------------------------------------------------------------------------------
@@ -323,7 +326,7 @@ def test_failed_run_leaves_no_tables_that_look_final(models_dir, images, tmp_pat
 
 def test_labels_are_the_classifiers_order(models_dir, images, tmp_path):
     config = _validate(job_args(models_dir, images, tmp_path / "out"))
-    assert config.classifier_labels == COLOR_LABELS
+    assert config.classify.labels == COLOR_LABELS
 
 
 def test_check_output_names_an_unfinished_run(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -25,6 +26,7 @@ __all__ = [
     "ImageRegions",
     "ImageRow",
     "Region",
+    "short_list",
     "short_message",
 ]
 
@@ -46,6 +48,12 @@ class ErrorStage(str, enum.Enum):
 ERROR_STAGES = tuple(stage.value for stage in ErrorStage)
 # The longest error message a row holds: enough for a person to act on, never a whole dump.
 MESSAGE_LIMIT = 1000
+
+
+def short_list(items: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` items, comma-separated, and how many more there are."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def short_message(text: str, limit: int = MESSAGE_LIMIT) -> str:
