@@ -42,11 +42,11 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     from beam_pipeline.options import DetectClassifyOptions, unknown_flags
     from beam_pipeline.pipeline import build_pipeline
     from beam_pipeline.planning import plan
+    from beam_pipeline.progress import ProgressPrinter
     from beam_pipeline.run_record import ErrorGateFailed, gate_line, gate_passed, read_run_record
     from beam_pipeline.summary import collect_metrics, format_summary
     from beam_pipeline.validation import ConfigError, removing_created_output, validate
     from transforms.output_folder import delete_tables
-    from transforms.progress import ProgressPrinter
     from transforms.records import short_list
 
     start = time.monotonic()

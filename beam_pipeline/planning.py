@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from beam_pipeline.commits import fingerprint_difference
 from beam_pipeline.config import ClassifyConfig, DetectConfig, JobConfig, RunConfig, SelectConfig
+from beam_pipeline.errors import ConfigError
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.run_record import row_options, run_identity
 from beam_pipeline.runs import complete_outputs
-from beam_pipeline.validation import Checked, ConfigError
+from beam_pipeline.validation import Checked
 from transforms.output_folder import table_files
 from transforms.tiles import TilingConfig
 

@@ -23,8 +23,9 @@ import pytest
 
 from beam_pipeline import run_record, runs
 from beam_pipeline.main import main
+from beam_pipeline.output_checks import check_output, check_output_location
 from beam_pipeline.report.export import csv_cell, export_review, safe_name
-from beam_pipeline.validation import ConfigError, check_output, check_output_location
+from beam_pipeline.validation import ConfigError
 from tests import hostile_files as hostile
 from transforms.decoding import DecodeError, decode_image
 from transforms.labels import LabelError, parse_label_map, read_labels

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from transforms.progress import CountProgress, RateMeter, format_progress, read_progress
+from beam_pipeline.progress import RateMeter, format_progress
+from transforms.progress import CountProgress, read_progress
 from transforms.records import ImageRow
 
 

@@ -330,7 +330,7 @@ def test_labels_are_the_classifiers_order(models_dir, images, tmp_path):
 
 
 def test_check_output_names_an_unfinished_run(tmp_path):
-    from beam_pipeline.validation import check_output
+    from beam_pipeline.output_checks import check_output
 
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "part-00000-of-00001.parquet").write_bytes(b"PAR1")
