@@ -33,24 +33,36 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     """Runs the job with command-line ``argv``; returns its metrics (empty when the runner
     does not report them). Raises ConfigError before any work on a configuration mistake, and
     ErrorGateFailed after the rows and the run record are written when the gate fails."""
-    import apache_beam as beam
+    from beam_pipeline.run_record import ErrorGateFailed, gate_line, gate_passed, read_run_record
+    from beam_pipeline.summary import format_summary
+
+    start = time.monotonic()
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    options, config = _configure(argv)
+    options, config, workers = _local_settings(argv, options, config)
+    started = time.monotonic()
+    values = _execute(options, config, workers=workers)
+    output = config.run.output
+    record = _record_or_none(read_run_record, output)
+    print(format_summary(values, record, config, startup_s=started - start,
+                         run_s=time.monotonic() - started), flush=True)
+    if not gate_passed(record):
+        raise ErrorGateFailed(gate_line(record, output))
+    return values
+
+
+def _configure(argv: list[str]):
+    """Options parsed, checked and planned; then, with --overwrite, the earlier run's files
+    deleted (only once every check has passed, and only files this job writes)."""
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_pipeline.commits import RunLocked, RunStopped, run_in_commits
-    from beam_pipeline.local_mode import choose_local_mode
     from beam_pipeline.options import DetectClassifyOptions, unknown_flags
-    from beam_pipeline.pipeline import build_pipeline
     from beam_pipeline.planning import plan
-    from beam_pipeline.progress import ProgressPrinter
-    from beam_pipeline.run_record import ErrorGateFailed, gate_line, gate_passed, read_run_record
-    from beam_pipeline.summary import collect_metrics, format_summary
     from beam_pipeline.validation import ConfigError, removing_created_output, validate
     from transforms.output_folder import delete_tables
     from transforms.records import short_list
 
-    start = time.monotonic()
-    argv = list(argv) if argv is not None else sys.argv[1:]
     options = PipelineOptions(argv)
     job = options.view_as(DetectClassifyOptions)
     unknown = unknown_flags(argv)
@@ -62,29 +74,50 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     FileSystems.set_options(options)
     with removing_created_output(job.output):
         config = plan(job, validate(job))
-    if job.overwrite:  # every check passed: now the earlier run's files may go
+    if job.overwrite:
         left = delete_tables(job.output)
         if left:
             print(f"note: --overwrite deleted only this job's files in {job.output}; left "
                   f"alone: {short_list(left)}", file=sys.stderr)
-    local = _is_local_direct(options)
-    running = ""
-    if local:
-        mode = choose_local_mode(argv, config.select.input,
-                                 skipping=bool(config.select.done_tables),
-                                 verbose=bool(job.verbose))
-        running = f"DirectRunner, {mode.reason}"
-        if mode.flags:
-            options = PipelineOptions([*argv, *mode.flags])
-    progress_folder = tempfile.mkdtemp(prefix="bdc-progress-") if local and job.progress \
-        else None
-    run_config = config.run
-    if running:
-        run_config = dataclasses.replace(run_config, record={**run_config.record,
-                                                             "running": running})
-    config = dataclasses.replace(config, progress_folder=progress_folder, run=run_config)
-    output = run_config.output
-    started = time.monotonic()
+    return options, config
+
+
+def _local_settings(argv: list[str], options, config):
+    """On the DirectRunner: in process or one worker per core (``local_mode``, recorded in
+    ``run.json`` as ``running``), and a folder for the progress line. Returns the options,
+    the config and whether worker processes run."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipeline.local_mode import choose_local_mode
+    from beam_pipeline.options import DetectClassifyOptions
+
+    if not _is_local_direct(options):
+        return options, config, False
+    job = options.view_as(DetectClassifyOptions)
+    mode = choose_local_mode(argv, config.select.input, skipping=bool(config.select.done_tables),
+                             verbose=bool(job.verbose))
+    if mode.flags:
+        options = PipelineOptions([*argv, *mode.flags])
+    record = {**config.run.record, "running": f"DirectRunner, {mode.reason}"}
+    config = dataclasses.replace(
+        config, run=dataclasses.replace(config.run, record=record),
+        progress_folder=tempfile.mkdtemp(prefix="bdc-progress-") if job.progress else None)
+    workers = any("multi_processing" in value for value in options.get_all_options(
+        retain_unknown_options=False).values() if isinstance(value, str))
+    return options, config, workers
+
+
+def _execute(options, config, *, workers: bool) -> dict[str, float]:
+    """The pipeline (or, with commits, one pipeline per step) run to the end; its metrics.
+    A failed run without commits leaves no table that looks final; committed work is kept."""
+    import apache_beam as beam
+
+    from beam_pipeline.commits import RunLocked, RunStopped, run_in_commits
+    from beam_pipeline.pipeline import build_pipeline
+    from beam_pipeline.progress import ProgressPrinter
+    from beam_pipeline.run_record import ErrorGateFailed, gate_line, gate_passed, read_run_record
+    from beam_pipeline.summary import collect_metrics
+    from transforms.output_folder import delete_tables
 
     def run_graph(step_config) -> dict[str, float]:
         pipeline = beam.Pipeline(options=options)
@@ -93,38 +126,28 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
         result.wait_until_finish()
         return collect_metrics(result)
 
-    workers = local and any("multi_processing" in word for word in options.get_all_options(
-        retain_unknown_options=False).values() if isinstance(word, str))
+    output, progress = config.run.output, config.progress_folder
     try:
         with quiet_worker_processes(enabled=workers and os.environ.get("BDC_VERBOSE") != "1"), \
-                (ProgressPrinter(progress_folder) if progress_folder
-                 else contextlib.nullcontext()):
-            if run_config.commit_every:
-                values = run_in_commits(config, run_graph, progress_folder=progress_folder)
-            else:
-                values = run_graph(config)
+                (ProgressPrinter(progress) if progress else contextlib.nullcontext()):
+            if config.run.commit_every:
+                return run_in_commits(config, run_graph, progress_folder=progress)
+            return run_graph(config)
     except (RunStopped, RunLocked):
         raise  # committed work is kept: nothing here is deleted
     except Exception as exc:
         record = _record_or_none(read_run_record, output)
         if not gate_passed(record):
             raise ErrorGateFailed(gate_line(record, output)) from exc
-        if run_config.commit_every:
+        if config.run.commit_every:
             raise  # never delete committed work
         # WriteDetections may have finished before a later stage failed: remove what this run
         # wrote, so nothing in --output looks like a finished run's table.
         delete_tables(output)
         raise
     finally:
-        if progress_folder:
-            shutil.rmtree(progress_folder, ignore_errors=True)
-    record = _record_or_none(read_run_record, output)
-    ended = time.monotonic()
-    print(format_summary(values, record, config, startup_s=started - start,
-                         run_s=ended - started), flush=True)
-    if not gate_passed(record):
-        raise ErrorGateFailed(gate_line(record, output))
-    return values
+        if progress:
+            shutil.rmtree(progress, ignore_errors=True)
 
 
 def _record_or_none(read, output: str) -> Optional[dict]:
