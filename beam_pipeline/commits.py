@@ -200,9 +200,13 @@ def fingerprint_difference(before: Mapping[str, Any], now: Mapping[str, Any]) ->
 
 # -- The input, the done sets ------------------------------------------------------------------
 
-def list_input(spec: InputSpec, *, sample: float = 1.0) -> list[str]:
+def list_input(spec: InputSpec, *, sample: float = 1.0,
+               counts: Optional[dict[str, int]] = None) -> list[str]:
     """The paths ``--input`` names, once each and sorted, as ``ReadImagePaths`` lists them
-    (a folder: visible image files only), within ``--sample``."""
+    (a folder: visible image files only), within ``--sample``. ``counts`` gets the listing's
+    counters as the pipeline's listing counts them (``files_listed``, ``files_skipped_hidden``,
+    ``files_skipped_not_image``), so a run in commit steps reports the same metrics."""
+    tally: dict[str, int] = {}
     if spec.kind == "manifest":
         base = os.path.dirname(spec.location) if is_local_path(spec.location) else \
             spec.location.rsplit("/", 1)[0]
@@ -218,11 +222,19 @@ def list_input(spec: InputSpec, *, sample: float = 1.0) -> list[str]:
                                            csv_column=spec.csv_column)
                 if path is not None:
                     paths.append(path)
+        tally["files_listed"] = len(paths)
     else:
         found = FileSystems.match([spec.location])[0].metadata_list
         paths = [m.path for m in found]
         if spec.only_images:
-            paths = [path for path in paths if listed_kind(path, spec.root) == "image"]
+            kinds = [listed_kind(path, spec.root) for path in paths]
+            for kind, name in (("hidden", "files_skipped_hidden"),
+                               ("other", "files_skipped_not_image")):
+                tally[name] = kinds.count(kind)
+            paths = [path for path, kind in zip(paths, kinds) if kind == "image"]
+        tally["files_listed"] = len(paths)
+    if counts is not None:  # like Beam's counters: only those that counted something
+        counts.update({name: value for name, value in tally.items() if value})
     return sorted(path for path in set(paths) if in_sample(path, sample))
 
 
@@ -305,7 +317,8 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
                                                           run.fingerprint_parts))
         output_folder.delete_uncommitted(output, [name for c in earlier for name in c["files"]])
         held = committed_paths(output, earlier)
-        listed = list_input(select.input, sample=select.sample)
+        listing: dict[str, int] = {}
+        listed = list_input(select.input, sample=select.sample, counts=listing)
         done = done_paths(select.done_tables, run.fingerprint) if select.done_tables \
             else set()
         todo = [path for path in listed if path not in held and path not in done]
@@ -367,9 +380,11 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
                        run.max_error_fraction)
         except ErrorGateFailed:
             pass  # the record says so; the launcher reports it like any other run's gate
-    values["images_resumed"] = resumed
-    values["commits_resumed"] = len(earlier)
-    values["images_skipped"] = values.get("images_skipped", 0) + skipped
+    # Like Beam's counters, only what counted something (an uninterrupted run in steps reports
+    # what the same run as one pipeline does).
+    extra = {**listing, "images_resumed": resumed, "commits_resumed": len(earlier),
+             "images_skipped": values.get("images_skipped", 0) + skipped}
+    values.update({name: value for name, value in extra.items() if value})
     return values
 
 

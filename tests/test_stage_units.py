@@ -66,7 +66,10 @@ MIN_SCORE = 0.5
 def _pipeline() -> BeamTestPipeline:
     """A TestPipeline whose options parse once beam_pipeline.options is imported (by another
     test module in the same session): its --input and --output are required flags."""
-    return BeamTestPipeline(options=PipelineOptions(["--input=unused", "--output=unused"]))
+    # The in-process FnApi runner, named: Beam's DirectRunner switches to Prism once a Prism job
+    # server runs in this process (the engines tier starts one), and these are unit tests.
+    return BeamTestPipeline(runner="FnApiRunner",
+                            options=PipelineOptions(["--input=unused", "--output=unused"]))
 
 
 def _pixels() -> np.ndarray:

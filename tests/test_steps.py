@@ -28,7 +28,10 @@ PATHS = [f"/data/shot-{i:03d}.png" for i in range(40)]
 
 def _pipeline() -> BeamTestPipeline:
     # --input/--output: required flags once beam_pipeline.options is imported in the session.
-    return BeamTestPipeline(options=PipelineOptions(["--input=unused", "--output=unused"]))
+    # The in-process FnApi runner, named: Beam's DirectRunner switches to Prism once a Prism job
+    # server runs in this process (the engines tier starts one), and these are unit tests.
+    return BeamTestPipeline(runner="FnApiRunner",
+                            options=PipelineOptions(["--input=unused", "--output=unused"]))
 
 
 def _run_config(output, **changes) -> RunConfig:
