@@ -161,6 +161,13 @@ def write_commit(files: Sequence[str], output: str, index: int, header: Mapping[
     """A step's last act, on a worker once both tables' files are final: writes
     ``_commits/commit-<index>.json`` naming the files (relative to ``output``) and counts."""
     root = output.rstrip("/") + "/"
+    if not files:
+        # Prism emits no final file names from the sinks (seen with Beam 2.77): the step's own
+        # part files, named by its index, are listed instead (they are final by now: this step
+        # follows both sinks).
+        prefix = f"{output_folder.COMMIT_PART_PREFIX}{index:05d}-"
+        files = [m.path for table in output_folder.TABLES for m in FileSystems.match(
+            [FileSystems.join(output.rstrip("/"), table, prefix + "*")])[0].metadata_list]
     relative = sorted(path[len(root):] if path.startswith(root) else path for path in files)
     record = {
         "version": COMMIT_VERSION, "commit": index, **dict(header),

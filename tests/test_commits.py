@@ -28,6 +28,7 @@ from beam_pipeline.commits import (
     next_step_size,
     read_commits,
     resumable,
+    write_commit,
 )
 from beam_pipeline.options import DetectClassifyOptions
 from tests.conftest import IMAGES, check_run, job_args
@@ -226,3 +227,19 @@ def test_a_complete_run_is_refused_not_resumed(models_dir, image_dir, tmp_path, 
     assert exit_info.value.code == 2
     assert "already holds a run's tables (finished" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == before
+
+
+def test_write_commit_lists_the_steps_own_part_files_when_the_sinks_name_none(tmp_path):
+    # Prism emits no final file names from the sinks: the record names the step's files anyway,
+    # or a resume would take its finished work for leftovers.
+    for table in ("images", "detections"):
+        (tmp_path / table).mkdir()
+        for index in (2, 3):
+            (tmp_path / table / f"part-c{index:05d}-00000-of-00001.parquet").write_bytes(b"P")
+    write_commit([], str(tmp_path), 3, {"fingerprint": "f"}, {"images": 2}, {"regions": 1}, 0)
+    (record,) = read_commits(str(tmp_path))
+    assert record["files"] == ["detections/part-c00003-00000-of-00001.parquet",
+                               "images/part-c00003-00000-of-00001.parquet"]
+    named = ["images/part-c00004-00000-of-00001.parquet"]
+    write_commit([str(tmp_path / named[0])], str(tmp_path), 4, {}, {}, {}, 0)
+    assert read_commits(str(tmp_path))[-1]["files"] == named
