@@ -33,7 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipeline.run_lock import RunLock, RunLocked
 from transforms import output_folder
 from transforms.model_files import is_local_path
-from transforms.reading import InputSpec, listed_kind, parse_manifest_line
+from transforms.reading import InputSpec, listed_kind, manifest_paths
 from transforms.records import STATUS_OK, short_message
 from transforms.skipping import in_sample
 
@@ -215,21 +215,7 @@ def list_input(spec: InputSpec, *, sample: float = 1.0,
     ``files_skipped_not_image``), so a run in commit steps reports the same metrics."""
     tally: dict[str, int] = {}
     if spec.kind == "manifest":
-        base = os.path.dirname(spec.location) if is_local_path(spec.location) else \
-            spec.location.rsplit("/", 1)[0]
-        paths = []
-        with FileSystems.open(spec.location, compression_type="uncompressed") as handle:
-            import io
-
-            lines = io.TextIOWrapper(handle, encoding="utf-8", errors="replace")
-            if spec.csv_column is not None:
-                next(lines, None)
-            for line in lines:
-                path = parse_manifest_line(line.rstrip("\r\n"), base=base,
-                                           csv_column=spec.csv_column)
-                if path is not None:
-                    paths.append(path)
-        tally["files_listed"] = len(paths)
+        paths = list(manifest_paths(spec))
     else:
         found = FileSystems.match([spec.location])[0].metadata_list
         paths = [m.path for m in found]

@@ -14,7 +14,7 @@ says both.
 
 from __future__ import annotations
 
-import io
+import itertools
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -22,7 +22,7 @@ from typing import NamedTuple
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.quiet import worker_log_flags
-from transforms.reading import InputSpec, parse_manifest_line
+from transforms.reading import InputSpec, manifest_paths
 from transforms.tf_runtime import THREADS_ENV, threads_per_process, usable_cores
 
 __all__ = ["LONG_INPUT_IMAGES", "LocalMode", "choose_local_mode", "count_inputs_up_to",
@@ -46,17 +46,7 @@ def count_inputs_up_to(spec: InputSpec, limit: int) -> int:
     """How many paths ``--input`` names, counting no further than ``limit`` (a listing or a
     manifest is read only that far)."""
     if spec.kind == "manifest":
-        count = 0
-        with FileSystems.open(spec.location, compression_type="uncompressed") as handle:
-            lines = io.TextIOWrapper(handle, encoding="utf-8", errors="replace")
-            if spec.csv_column is not None:
-                next(lines, None)
-            for line in lines:
-                if parse_manifest_line(line, base="", csv_column=spec.csv_column) is not None:
-                    count += 1
-                    if count >= limit:
-                        break
-        return count
+        return sum(1 for _ in itertools.islice(manifest_paths(spec), limit))
     found = FileSystems.match([spec.location], limits=[limit])[0].metadata_list
     return len(found)
 

@@ -30,6 +30,7 @@ __all__ = [
     "first_manifest_path",
     "listed_kind",
     "local_file_problem",
+    "manifest_paths",
     "max_file_bytes",
     "parse_manifest_line",
     "read_at_most",
@@ -103,8 +104,10 @@ def parse_manifest_line(line: str, *, base: str, csv_column: int | None) -> str 
     return posixpath.normpath(joined)
 
 
-def first_manifest_path(spec: InputSpec) -> str | None:
-    """The first path a manifest names, or None; reads only as far as that line."""
+def manifest_paths(spec: InputSpec) -> Iterator[str]:
+    """The paths a manifest names, in its order (repeats kept), read lazily as the pipeline's
+    ``ReadImagePaths`` reads them: the launcher's checks, its local-mode count and a commit
+    run's listing use this one reader."""
     with FileSystems.open(spec.location, compression_type="uncompressed") as handle:
         lines = io.TextIOWrapper(handle, encoding="utf-8", errors="replace")
         if spec.csv_column is not None:
@@ -113,8 +116,12 @@ def first_manifest_path(spec: InputSpec) -> str | None:
         for line in lines:
             path = parse_manifest_line(line, base=base, csv_column=spec.csv_column)
             if path is not None:
-                return path
-    return None
+                yield path
+
+
+def first_manifest_path(spec: InputSpec) -> str | None:
+    """The first path a manifest names, or None; reads only as far as that line."""
+    return next(manifest_paths(spec), None)
 
 
 def listed_kind(path: str, root: str) -> str:
@@ -186,16 +193,6 @@ def max_file_bytes(max_pixels: int) -> int:
     return max_pixels * 4 + (16 << 20)
 
 
-def _local_size(path: str) -> int | None:
-    """A local file's size from ``stat`` (None for other filesystems, or when it fails)."""
-    if "://" in path and not path.startswith("file://"):
-        return None
-    try:
-        return os.stat(path.removeprefix("file://")).st_size
-    except OSError:
-        return None
-
-
 def _opened_size(handle: Any) -> int | None:
     """The object's size as the filesystem learnt it when opening (Beam's object-store
     downloaders, ``filesystemio.Downloader.size``, ask for the metadata before any byte of
@@ -225,22 +222,28 @@ def local_file_problem(path: str) -> str | None:
     Checked before opening: opening a FIFO blocks until something writes to it, which would
     hang the job rather than fail one image.
     """
+    return _check_local(path)[0]
+
+
+def _check_local(path: str) -> tuple[str | None, int | None]:
+    """``local_file_problem`` and, for a regular local file, its size: one ``stat``."""
     if "://" in path and not path.startswith("file://"):
-        return None
+        return None, None
     local = path.removeprefix("file://")
     try:
-        mode = os.stat(local).st_mode
+        info = os.stat(local)
     except FileNotFoundError:
         if os.path.islink(local):
-            return f"it is a symbolic link to {os.readlink(local)!r}, which does not exist"
-        return "file not found (moved or deleted after it was listed?); check the path"
+            return (f"it is a symbolic link to {os.readlink(local)!r}, which does not exist",
+                    None)
+        return "file not found (moved or deleted after it was listed?); check the path", None
     except OSError as exc:
-        return f"cannot stat the file: {type(exc).__name__}: {exc}"
-    if stat.S_ISDIR(mode):
-        return "it is a folder, not a file; list the images inside it instead"
-    if not stat.S_ISREG(mode):
-        return "not a regular file (a FIFO, socket or device); copy the image to a file"
-    return None
+        return f"cannot stat the file: {type(exc).__name__}: {exc}", None
+    if stat.S_ISDIR(info.st_mode):
+        return "it is a folder, not a file; list the images inside it instead", None
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a FIFO, socket or device); copy the image to a file", None
+    return None, info.st_size
 
 
 def _read_error_message(exc: Exception, attempts: int) -> str:
@@ -273,11 +276,11 @@ class ReadAndDecodeFn(beam.DoFn):
         self._bytes = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "image_bytes")
 
     def _read_bytes(self, path: str) -> bytes:
-        problem = local_file_problem(path)  # folders, FIFOs, missing files: never retried
+        # Folders, FIFOs, missing files: never retried. One stat gives a local file's size too.
+        problem, size = _check_local(path)
         if problem is not None:
             raise _ReadError(problem)
         limit = max_file_bytes(self._max_pixels)
-        size = _local_size(path)
         if size is not None and size > limit:
             raise _ReadError(self._over_limit(limit))
 
