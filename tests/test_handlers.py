@@ -127,7 +127,8 @@ def test_classifier_batches_weigh_images_by_their_crops(models_dir):
     assert size(_image(*[_region((1, 2, 3), i) for i in range(5)])) == 5
     assert size(_image(_region(None, 0), _region((1, 2, 3), 1))) == 1
     assert size(_image(_region(None, 0))) == 1  # nothing to classify still takes a place
-    with beam.Pipeline(options=PipelineOptions(["--input=x", "--output=x"])) as pipeline:
+    with beam.Pipeline(runner="FnApiRunner",
+                       options=PipelineOptions(["--input=x", "--output=x"])) as pipeline:
         images = [_image(*[_region((255, 0, 0), i) for i in range(3)], path=f"p{n}")
                   for n in range(6)]
         batches = (pipeline | beam.Create(images)

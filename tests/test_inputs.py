@@ -120,7 +120,8 @@ def _list(spec, expected: list[str]) -> dict[str, int]:
     """Runs ReadImagePaths, checks in the pipeline that it passes on exactly ``expected``, and
     returns its counters."""
     # The job's options are registered (required --input/--output): the run parses them too.
-    pipeline = beam.Pipeline(options=PipelineOptions(["--input=x", "--output=x"]))
+    pipeline = beam.Pipeline(runner="FnApiRunner",
+                             options=PipelineOptions(["--input=x", "--output=x"]))
     assert_that(pipeline | ReadImagePaths(spec), equal_to(expected))
     result = pipeline.run()
     result.wait_until_finish()

@@ -157,7 +157,7 @@ def _read_through(endpoint: str) -> tuple[list[str], dict[str, int]]:
         "--input=x", "--output=x", f"--s3_endpoint_url={endpoint}",
         f"--s3_access_key_id={KEYS[0]}", f"--s3_secret_access_key={KEYS[1]}",
         "--s3_region_name=us-east-1"])
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(runner="FnApiRunner", options=options)
     read = (pipeline
             | ReadImagePaths(resolve_input(f"s3://{BUCKET}/in/*.png"))
             | beam.ParDo(ReadAndDecodeFn()).with_outputs(FAILED_TAG, main="images"))
