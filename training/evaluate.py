@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -99,75 +99,89 @@ def _ap_from_precision(precision: np.ndarray) -> float:
     return float(valid.mean()) if valid.size else float("nan")
 
 
-def evaluate(detections: Union[str, pa.Table], annotations: Union[str, dict], *,
-             include_background: bool = False,
-             label_map: Optional[dict[int, str]] = None) -> dict[str, Any]:
-    """Compute the metrics described in the module docstring; returns them as a dict."""
-    table = load_detections(detections) if isinstance(detections, str) else detections
-    if isinstance(annotations, str):
-        with open(annotations) as f:
-            annotations = json.load(f)
-    cats = {c["id"]: c["name"] for c in annotations["categories"]}
-    cat_by_name = {v: k for k, v in cats.items()}
+class _Rows(NamedTuple):
+    """The detections table as the metrics read it."""
+
+    rows: dict[str, list]
+    image_ids: list[Optional[int]]  # the COCO image of each row, None when unknown
+    corners: np.ndarray  # [N, 4] ymin, xmin, ymax, xmax
+    known: list[int]  # rows of a COCO image
+    kept: list[int]  # known rows that are scored (background left out unless asked)
+
+
+def _read_rows(table: pa.Table, annotations: dict, include_background: bool) -> _Rows:
     image_id = {os.path.basename(im["file_name"]): im["id"] for im in annotations["images"]}
     rows = table.to_pydict()
     n = table.num_rows
-    img_ids = [image_id.get(os.path.basename(p)) for p in rows["image_path"]]
+    image_ids = [image_id.get(os.path.basename(p)) for p in rows["image_path"]]
     corners = np.stack([rows[k] for k in ("box_ymin", "box_xmin", "box_ymax", "box_xmax")],
                        1).astype(float) if n else np.zeros((0, 4))
-    # COCO's [x, y, w, h] for faster-coco-eval.
-    boxes = np.stack([corners[:, 1], corners[:, 0], corners[:, 3] - corners[:, 1],
-                      corners[:, 2] - corners[:, 0]], 1)
-    known = [i for i in range(n) if img_ids[i] is not None]
+    known = [i for i in range(n) if image_ids[i] is not None]
     kept = [i for i in known if include_background or rows["label"][i] != BACKGROUND]
+    return _Rows(rows, image_ids, corners, known, kept)
 
-    # Class-agnostic AP: every GT and detection becomes one "defect" category.
+
+def _coco_boxes(corners: np.ndarray) -> np.ndarray:
+    """COCO's [x, y, w, h] for faster-coco-eval."""
+    return np.stack([corners[:, 1], corners[:, 0], corners[:, 3] - corners[:, 1],
+                     corners[:, 2] - corners[:, 0]], 1)
+
+
+def _agnostic_ap(annotations: dict, found: _Rows) -> dict[str, Any]:
+    """Class-agnostic AP: every GT and detection becomes one "defect" category."""
+    boxes, rows = _coco_boxes(found.corners), found.rows
     agnostic_gt = {"images": annotations["images"], "categories": [{"id": 1, "name": "defect"}],
                    "annotations": [dict(a, category_id=1) for a in annotations["annotations"]]}
-    results = [{"image_id": img_ids[i], "category_id": 1, "bbox": boxes[i].tolist(),
-                "score": float(rows["detector_score"][i])} for i in kept]
-    ev = _coco_eval(agnostic_gt, results)
-    stats = ev.stats_as_dict
-    metrics: dict[str, Any] = {"ap": stats["AP_all"], "ap50": stats["AP_50"],
-                               "ap75": stats["AP_75"], "ar100": stats["AR_third"]}
+    results = [{"image_id": found.image_ids[i], "category_id": 1, "bbox": boxes[i].tolist(),
+                "score": float(rows["detector_score"][i])} for i in found.kept]
+    stats = _coco_eval(agnostic_gt, results).stats_as_dict
+    return {"ap": stats["AP_all"], "ap50": stats["AP_50"], "ap75": stats["AP_75"],
+            "ar100": stats["AR_third"]}
 
-    # Per-class AP with the classifier's label as the class.
+
+def _per_class_ap(annotations: dict, cats: dict[int, str], found: _Rows) -> dict[str, Any]:
+    """Per-class AP with the classifier's label as the class."""
+    boxes, rows = _coco_boxes(found.corners), found.rows
+    cat_by_name = {v: k for k, v in cats.items()}
     per_class_results = [
-        {"image_id": img_ids[i], "category_id": cat_by_name[rows["label"][i]],
+        {"image_id": found.image_ids[i], "category_id": cat_by_name[rows["label"][i]],
          "bbox": boxes[i].tolist(),
          "score": float(rows["detector_score"][i]) * float(rows["confidence"][i])}
-        for i in kept if rows["label"][i] in cat_by_name]
+        for i in found.kept if rows["label"][i] in cat_by_name]
     ev_cls = _coco_eval(annotations, per_class_results)
     precision = ev_cls.eval["precision"]  # [iou, recall, class, area, maxdets]
     per_class = {}
     for k, cat_id in enumerate(ev_cls.params.catIds):
         per_class[cats[cat_id]] = {"ap": _ap_from_precision(precision[:, :, k, 0, -1]),
                                    "ap50": _ap_from_precision(precision[0, :, k, 0, -1])}
-    metrics["per_class"] = per_class
-    metrics["mean_class_ap"] = float(np.nanmean([v["ap"] for v in per_class.values()])) \
+    mean = float(np.nanmean([v["ap"] for v in per_class.values()])) \
         if per_class else float("nan")
+    return {"per_class": per_class, "mean_class_ap": mean}
 
-    # Label accuracy over GT-matched detections (all rows, background included); recall over
-    # the scored rows only.
+
+def _label_accuracy(annotations: dict, cats: dict[int, str], found: _Rows,
+                    label_map: Optional[dict[int, str]]) -> dict[str, Any]:
+    """Label accuracy over GT-matched detections (all rows, background included); recall over
+    the scored rows only."""
+    rows, corners = found.rows, found.corners
     gt_by_image: dict[int, list[dict]] = {}
     for a in annotations["annotations"]:
         gt_by_image.setdefault(a["image_id"], []).append(a)
     det_by_image: dict[int, list[int]] = {}
-    for i in known:
-        det_by_image.setdefault(img_ids[i], []).append(i)
+    for i in found.known:
+        det_by_image.setdefault(found.image_ids[i], []).append(i)
     scores = np.asarray(rows["detector_score"], float)
-    scored = set(kept)
+    scored = set(found.kept)
     # Regions the job did not classify (--classify_detector_classes) have no classifier label.
-    classified = rows.get("classified") or [True] * n
-    det_correct = cls_correct = matched = matched_classified = found = 0
+    classified = rows.get("classified") or [True] * len(found.image_ids)
+    det_correct = cls_correct = matched = matched_classified = recalled = 0
     for img, idx in det_by_image.items():
         gts = gt_by_image.get(img, [])
         gt_corners = np.array([[y, x, y + h, x + w] for x, y, w, h in (g["bbox"] for g in gts)],
                               float).reshape(-1, 4)
         idx_scored = [i for i in idx if i in scored]
-        found += len(greedy_match(corners[idx_scored], scores[idx_scored], gt_corners))
-        pairs = greedy_match(corners[idx], scores[idx], gt_corners)
-        for d, g in pairs:
+        recalled += len(greedy_match(corners[idx_scored], scores[idx_scored], gt_corners))
+        for d, g in greedy_match(corners[idx], scores[idx], gt_corners):
             i, truth = idx[d], cats[gts[g]["category_id"]]
             det_label = rows["detector_label"][i]
             if det_label is None and label_map:
@@ -177,23 +191,42 @@ def evaluate(detections: Union[str, pa.Table], annotations: Union[str, dict], *,
             if classified[i]:
                 matched_classified += 1
                 cls_correct += rows["label"][i] == truth
-    metrics.update({
+    return {
         "detector_label_accuracy": det_correct / matched if matched else float("nan"),
         "classifier_label_accuracy": cls_correct / matched_classified if matched_classified
         else float("nan"),
-        "recall50": found / len(annotations["annotations"]) if annotations["annotations"]
+        "recall50": recalled / len(annotations["annotations"]) if annotations["annotations"]
         else float("nan"),
         "matched": matched,
-        "num_images": len(annotations["images"]),
         "num_images_with_detections": len(det_by_image),
+    }
+
+
+def evaluate(detections: Union[str, pa.Table], annotations: Union[str, dict], *,
+             include_background: bool = False,
+             label_map: Optional[dict[int, str]] = None) -> dict[str, Any]:
+    """Compute the metrics described in the module docstring; returns them as a dict."""
+    table = load_detections(detections) if isinstance(detections, str) else detections
+    if isinstance(annotations, str):
+        with open(annotations) as f:
+            annotations = json.load(f)
+    cats = {c["id"]: c["name"] for c in annotations["categories"]}
+    found = _read_rows(table, annotations, include_background)
+    matches = _label_accuracy(annotations, cats, found, label_map)
+    with_detections = matches.pop("num_images_with_detections")
+    return {
+        **_agnostic_ap(annotations, found),
+        **_per_class_ap(annotations, cats, found),
+        **matches,
+        "num_images": len(annotations["images"]),
+        "num_images_with_detections": with_detections,
         "num_gt": len(annotations["annotations"]),
-        "num_rows": n,
-        "num_rows_unknown_image": n - len(known),
-        "num_detections_scored": len(kept),
-        "num_background": sum(rows["label"][i] == BACKGROUND for i in known),
+        "num_rows": table.num_rows,
+        "num_rows_unknown_image": table.num_rows - len(found.known),
+        "num_detections_scored": len(found.kept),
+        "num_background": sum(found.rows["label"][i] == BACKGROUND for i in found.known),
         "include_background": include_background,
-    })
-    return metrics
+    }
 
 
 def format_table(metrics: dict[str, Any]) -> str:
