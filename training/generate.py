@@ -162,6 +162,65 @@ _STAMPS = {1: _stamp_particle, 2: _stamp_scratch, 3: _stamp_stain, 4: _stamp_bri
            5: _stamp_void}
 
 
+def _placed(rng: np.random.Generator, stamp: np.ndarray, height: int, width: int,
+            objects: list[dict[str, Any]]) -> Optional[tuple[tuple[slice, slice], Any, list]]:
+    """Where a stamp lands: the image region, the stamp's visible part and its COCO box; None
+    when it is cut away, too small or overlaps an earlier defect."""
+    sh, sw = stamp.shape
+    # Centers may fall slightly outside the image so that some defects are cut by the border.
+    cy = int(rng.integers(-sh // 4, height + sh // 4))
+    cx = int(rng.integers(-sw // 4, width + sw // 4))
+    y0, x0 = cy - sh // 2, cx - sw // 2
+    iy0, ix0 = max(0, y0), max(0, x0)
+    iy1, ix1 = min(height, y0 + sh), min(width, x0 + sw)
+    if iy1 <= iy0 or ix1 <= ix0:
+        return None
+    m = stamp[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+    ys, xs = np.nonzero(m > 0.3)
+    if len(ys) < _MIN_VISIBLE_PIXELS:
+        return None
+    bbox = [float(ix0 + xs.min()), float(iy0 + ys.min()),
+            float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    if bbox[2] < 4 or bbox[3] < 4:
+        return None
+    # COCO [x, y, w, h] to [ymin, xmin, ymax, xmax]: exact, the values are whole numbers.
+    corners = [[y, x, y + h, x + w] for x, y, w, h in [bbox] + [o["bbox"] for o in objects]]
+    if objects and iou_matrix(corners[:1], corners[1:]).max() > _MAX_OVERLAP_IOU:
+        return None
+    return (slice(iy0, iy1), slice(ix0, ix1)), m, bbox
+
+
+def _blend(rng: np.random.Generator, region: np.ndarray, m: np.ndarray, color: np.ndarray,
+           mode: str, substrate: np.ndarray, metal_color: np.ndarray) -> None:
+    """Paints one defect's stamp ``m`` into ``region`` (a view of the image), by its mode."""
+    a = m[..., None]
+    if mode == "add":
+        region += a * color
+    elif mode == "metal":
+        # Excess metal: a little further from the substrate than the lines it shorts.
+        residue = np.clip(metal_color + 0.15 * (metal_color - substrate)
+                          / (np.abs(metal_color - substrate).max() + 1e-6), 0.0, 1.0)
+        region[:] = region * (1 - a) + a * residue
+    else:  # void: pattern and film missing, a darker pit
+        pit = substrate * rng.uniform(0.3, 0.6)
+        region[:] = region * (1 - a) + a * pit
+
+
+def _photographed(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Illumination gradient, contrast, blur and sensor noise; the RGB uint8 pixels."""
+    height, width = image.shape[:2]
+    gy = np.linspace(-1, 1, height, dtype=np.float32)[:, None]
+    gx = np.linspace(-1, 1, width, dtype=np.float32)[None, :]
+    gain = 1.0 + rng.uniform(-0.25, 0.25) * gy + rng.uniform(-0.25, 0.25) * gx
+    contrast = rng.uniform(0.7, 1.3)
+    image = (image - 0.5) * contrast + 0.5
+    image *= gain[..., None]
+    image = cv2.GaussianBlur(image, (3, 3), rng.uniform(0.4, 1.0))
+    noise = rng.standard_normal((height, width, 3), dtype=np.float32) * rng.uniform(0.01, 0.04)
+    image += noise
+    return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def render_image(seed: int, index: int, width: int = 512, height: int = 512, *,
                  max_defects: int = MAX_DEFECTS) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Render one image (``max_defects`` above the default only to densify training data).
@@ -178,52 +237,13 @@ def render_image(seed: int, index: int, width: int = 512, height: int = 512, *,
         attempts += 1
         cat = int(rng.integers(1, 6))
         stamp, color, mode = _STAMPS[cat](rng)
-        sh, sw = stamp.shape
-        # Centers may fall slightly outside the image so that some defects are cut by the border.
-        cy = int(rng.integers(-sh // 4, height + sh // 4))
-        cx = int(rng.integers(-sw // 4, width + sw // 4))
-        y0, x0 = cy - sh // 2, cx - sw // 2
-        iy0, ix0 = max(0, y0), max(0, x0)
-        iy1, ix1 = min(height, y0 + sh), min(width, x0 + sw)
-        if iy1 <= iy0 or ix1 <= ix0:
+        placed = _placed(rng, stamp, height, width, objects)
+        if placed is None:
             continue
-        m = stamp[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
-        ys, xs = np.nonzero(m > 0.3)
-        if len(ys) < _MIN_VISIBLE_PIXELS:
-            continue
-        bbox = [float(ix0 + xs.min()), float(iy0 + ys.min()),
-                float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-        if bbox[2] < 4 or bbox[3] < 4:
-            continue
-        # COCO [x, y, w, h] to [ymin, xmin, ymax, xmax]: exact, the values are whole numbers.
-        corners = [[y, x, y + h, x + w] for x, y, w, h in [bbox] + [o["bbox"] for o in objects]]
-        if objects and iou_matrix(corners[:1], corners[1:]).max() > _MAX_OVERLAP_IOU:
-            continue
-        region = image[iy0:iy1, ix0:ix1]
-        a = m[..., None]
-        if mode == "add":
-            region += a * color
-        elif mode == "metal":
-            # Excess metal: a little further from the substrate than the lines it shorts.
-            residue = np.clip(metal_color + 0.15 * (metal_color - substrate)
-                              / (np.abs(metal_color - substrate).max() + 1e-6), 0.0, 1.0)
-            region[:] = region * (1 - a) + a * residue
-        else:  # void: pattern and film missing, a darker pit
-            pit = substrate * rng.uniform(0.3, 0.6)
-            region[:] = region * (1 - a) + a * pit
+        where, m, bbox = placed
+        _blend(rng, image[where], m, color, mode, substrate, metal_color)
         objects.append({"bbox": bbox, "category_id": cat})
-    # Illumination gradient, contrast, blur and sensor noise.
-    gy = np.linspace(-1, 1, height, dtype=np.float32)[:, None]
-    gx = np.linspace(-1, 1, width, dtype=np.float32)[None, :]
-    gain = 1.0 + rng.uniform(-0.25, 0.25) * gy + rng.uniform(-0.25, 0.25) * gx
-    contrast = rng.uniform(0.7, 1.3)
-    image = (image - 0.5) * contrast + 0.5
-    image *= gain[..., None]
-    image = cv2.GaussianBlur(image, (3, 3), rng.uniform(0.4, 1.0))
-    noise = rng.standard_normal((height, width, 3), dtype=np.float32) * rng.uniform(0.01, 0.04)
-    image += noise
-    pixels = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return pixels, objects
+    return _photographed(rng, image), objects
 
 
 def generate_dataset(output_dir: str, num_images: int, seed: int, *, width: int = 512,
