@@ -9,7 +9,7 @@ seams duplicated or cut, so the rest of the job sees one answer for the whole im
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -190,6 +190,26 @@ def merge_detections(boxes_px: np.ndarray, scores: np.ndarray, classes: np.ndarr
         ``(boxes_px float32 [M, 4], scores float32 [M], classes int32 [M])``, best score
         first. Boxes or scores that are not finite match nothing and are passed on as they are.
     """
+    boxes, scores, classes, groups, regions = _as_arrays(boxes_px, scores, classes, groups,
+                                                         regions)
+    finite = np.isfinite(scores) & np.all(np.isfinite(boxes), axis=1)
+    partners = _matches(boxes, classes, groups, regions, finite, match_threshold)
+    merged, merged_scores = boxes.copy(), scores.copy()
+    absorbed = np.zeros(len(boxes), bool)
+    for members in _components(partners):
+        first = members[0]
+        absorbed[members[1:]] = True
+        merged[first] = _merged_box(boxes[members], scores[members], regions[members])
+        merged_scores[first] = scores[members].max()
+    keep = np.flatnonzero(~absorbed)
+    best = merged_scores[keep]
+    keep = keep[np.argsort(-np.where(np.isnan(best), -np.inf, best), kind="stable")]
+    return merged[keep].astype(np.float32), merged_scores[keep], classes[keep]
+
+
+def _as_arrays(boxes_px, scores, classes, groups, regions) -> tuple:
+    """``merge_detections``' arguments as arrays of one entry per box (regions NaN when
+    unknown); ValueError when their lengths differ."""
     boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     classes = np.asarray(classes).reshape(-1).astype(np.int32)
@@ -200,12 +220,14 @@ def merge_detections(boxes_px: np.ndarray, scores: np.ndarray, classes: np.ndarr
     if not len(scores) == len(classes) == len(regions) == count or (
             groups is not None and len(groups) != count):
         raise ValueError("boxes, scores, classes, groups and regions need one entry per box")
-    finite = np.isfinite(scores) & np.all(np.isfinite(boxes), axis=1)
-    partners = _matches(boxes, classes, groups, regions, finite, match_threshold)
-    merged, merged_scores = boxes.copy(), scores.copy()
-    absorbed = np.zeros(count, bool)
+    return boxes, scores, classes, groups, regions
+
+
+def _components(partners: dict[int, list[int]]) -> Iterator[np.ndarray]:
+    """The boxes that match directly or through each other, each group in index order."""
+    seen: set[int] = set()
     for i in sorted(partners):
-        if absorbed[i]:
+        if i in seen:
             continue
         component, frontier = {i}, [i]
         while frontier:
@@ -213,17 +235,16 @@ def merge_detections(boxes_px: np.ndarray, scores: np.ndarray, classes: np.ndarr
                 if j not in component:
                     component.add(j)
                     frontier.append(j)
-        members = np.array(sorted(component))
-        absorbed[members[1:]] = True
-        union = np.array([*boxes[members, :2].min(axis=0), *boxes[members, 2:].max(axis=0)])
-        # A member whose tile held the whole object saw it whole: its box is the answer.
-        whole = members[_inside(union[np.newaxis], regions[members])[0]]
-        merged[i] = boxes[whole[np.argmax(scores[whole])]] if len(whole) else union
-        merged_scores[i] = scores[members].max()
-    keep = np.flatnonzero(~absorbed)
-    best = merged_scores[keep]
-    keep = keep[np.argsort(-np.where(np.isnan(best), -np.inf, best), kind="stable")]
-    return merged[keep].astype(np.float32), merged_scores[keep], classes[keep]
+        seen |= component
+        yield np.array(sorted(component))
+
+
+def _merged_box(boxes: np.ndarray, scores: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """One object's box from its matching boxes: the best-scored one whose tile held all of
+    them (it saw the object whole), else their union."""
+    union = np.array([*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0)])
+    whole = np.flatnonzero(_inside(union[np.newaxis], regions)[0])
+    return boxes[whole[np.argmax(scores[whole])]] if len(whole) else union
 
 
 def _run_tiles(model: Detector, image: np.ndarray, grid: np.ndarray,
