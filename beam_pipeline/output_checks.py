@@ -13,7 +13,6 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.errors import ConfigError
 from beam_pipeline.run_record import read_run_record
-from transforms.model_files import is_local_path
 from transforms.output_folder import (
     COMMITS,
     OUTPUT_NAMES,
@@ -22,6 +21,7 @@ from transforms.output_folder import (
     TABLES,
     list_output,
 )
+from transforms.paths import local_path
 from transforms.reading import InputSpec, first_manifest_path
 from transforms.records import short_list
 
@@ -29,8 +29,9 @@ __all__ = ["check_output", "check_output_location", "input_locations"]
 
 
 def _is_root(output: str) -> bool:
-    if is_local_path(output):
-        path = os.path.realpath(output.removeprefix("file://") or ".")
+    local = local_path(output)
+    if local is not None:
+        path = os.path.realpath(local or ".")
         return os.path.dirname(path) == path
     _, _, rest = output.partition("://")
     return "/" not in rest.strip("/")  # s3://bucket, gs://bucket/: the bucket itself
@@ -38,8 +39,9 @@ def _is_root(output: str) -> bool:
 
 def _comparable(path: str) -> str:
     """A path to compare folders by: local paths absolute with links resolved."""
-    if is_local_path(path):
-        return os.path.realpath(path.removeprefix("file://") or ".").rstrip("/") or "/"
+    local = local_path(path)
+    if local is not None:
+        return os.path.realpath(local or ".").rstrip("/") or "/"
     return path.rstrip("/")
 
 
@@ -111,7 +113,7 @@ def check_output(output: str, *, overwrite: bool, resume: bool = False) -> None:
     Nothing is deleted here: ``validate`` deletes the earlier run's files only once every other
     check has passed, so a configuration mistake never costs an earlier run's results.
     """
-    local = output.removeprefix("file://") if is_local_path(output) else None
+    local = local_path(output)
     if local is not None and os.path.isfile(local):
         raise ConfigError(f"--output {output} is a file; --output names a folder (it gets "
                           "detections/, images/ and run.json): choose another path")

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from transforms import output_folder
-from transforms.model_files import is_local_path
+from transforms.paths import local_path
 
 __all__ = ["RunLock", "RunLocked"]
 
@@ -37,9 +37,9 @@ class RunLock:
         self._path: Optional[str] = None
 
     def __enter__(self) -> "RunLock":
-        if not is_local_path(self._output):
+        folder = local_path(self._output)
+        if folder is None:
             return self
-        folder = self._output.removeprefix("file://")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, output_folder.RUN_LOCK)
         for _ in range(2):

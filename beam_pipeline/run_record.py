@@ -281,7 +281,7 @@ def read_run_record(output: str) -> Optional[dict[str, Any]]:
     that never quotes the file's bytes) when it exists but is not a small JSON object of the
     known version and shape: over MAX_RECORD_BYTES (checked from its size before reading),
     nested deeper than MAX_RECORD_DEPTH, not a regular file, or missing its fields."""
-    from transforms.reading import local_file_problem
+    from transforms.paths import local_file_problem
 
     path = FileSystems.join(output.rstrip("/"), RUN_RECORD)
     try:

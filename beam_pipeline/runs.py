@@ -19,8 +19,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.run_record import read_run_record
 from transforms import output_folder
-from transforms.model_files import is_local_path
 from transforms.output_folder import RUN_RECORD, table_files
+from transforms.paths import is_local_path
 
 __all__ = ["complete_outputs", "latest_view", "main", "table_problem"]
 
@@ -35,7 +35,7 @@ def table_problem(output: str, table: str) -> Optional[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from transforms.reading import local_file_problem
+    from transforms.paths import local_file_problem
 
     for metadata in FileSystems.match([table_files(output, table)])[0].metadata_list:
         name = metadata.path.rsplit("/", 1)[-1]

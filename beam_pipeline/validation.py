@@ -21,20 +21,19 @@ from transforms.model_files import (
     DEFAULT_DETECTOR,
     DEFAULT_DETECTOR_LABEL_MAP,
     SCORE_THRESHOLD_FILE,
-    is_local_path,
     local_model_path,
     local_model_problem,
     model_exists,
     read_score_threshold,
     resolve_model_path,
 )
+from transforms.paths import has_scheme, local_file_problem, local_path
 from transforms.reading import (
     IMAGE_EXTENSIONS,
     MANIFEST_EXTENSIONS,
     InputSpec,
     first_manifest_path,
     listed_kind,
-    local_file_problem,
     resolve_input,
 )
 from transforms.tf_runtime import configure_tensorflow
@@ -114,7 +113,7 @@ def check_input(opts_input: str, *, recursive: bool = True) -> InputSpec:
             raise ConfigError(f"--input {opts_input} matches no files; check the path and "
                               "pattern")
         return spec
-    local = None if "://" in opts_input else opts_input
+    local = None if has_scheme(opts_input) else opts_input
     if local is not None and not os.path.exists(local):
         raise ConfigError(f"--input {opts_input} does not exist; check the path")
     if local is not None and os.path.isfile(local):
@@ -202,7 +201,7 @@ def validate(opts: DetectClassifyOptions) -> Checked:
 def removing_created_output(output: str) -> Iterator[None]:
     """Removes a local ``output`` folder created inside the block, if still empty, when the
     block raises ConfigError (the launcher wraps validation and planning in it)."""
-    local = output.removeprefix("file://") if is_local_path(output) else None
+    local = local_path(output)
     existed = local is None or os.path.exists(local)
     try:
         yield

@@ -8,6 +8,8 @@ import json
 import os
 from typing import Optional
 
+from transforms.paths import is_local_path  # also imported from here by older code
+
 __all__ = [
     "BUNDLED_PREFIX",
     "DEFAULT_CLASSIFIER",
@@ -30,12 +32,6 @@ DEFAULT_CLASSIFIER_LABELS = "bundled:classifier/labels.txt"
 # A detector may declare its recommended --min_score here, inside its SavedModel folder
 # (assets.extra/ is TensorFlow Serving's place for files beside the graph): {"min_score": 0.3}.
 SCORE_THRESHOLD_FILE = "assets.extra/score_threshold.json"
-
-
-def is_local_path(path: str) -> bool:
-    """True for a path on this machine's disk (plain or ``file://``), False for ``gs://``,
-    ``s3://`` and other object stores."""
-    return "://" not in path or path.startswith("file://")
 
 
 def _entry_problem(path: str, root: str) -> Optional[str]:

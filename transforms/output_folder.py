@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.model_files import is_local_path
+from transforms.paths import local_path
 
 __all__ = [
     "BEAM_TEMP_PREFIX",
@@ -100,8 +100,8 @@ def list_output(output: str) -> OutputListing:
     has one of our names, so nothing is ever deleted or written through it."""
     ours: list[str] = []
     others: list[str] = []
-    if is_local_path(output):
-        root = output.removeprefix("file://")
+    root = local_path(output)
+    if root is not None:
         if not os.path.isdir(root) or os.path.islink(root):
             return OutputListing([], [], 0)
         for entry in sorted(os.scandir(root), key=lambda e: e.name):
@@ -132,16 +132,15 @@ def delete_tables(output: str) -> list[str]:
     Nothing else is touched. Returns the paths left alone (``OutputListing.others``)."""
     listing = list_output(output)
     first = sorted(listing.ours, key=lambda path: not path.endswith("/" + RUN_RECORD))
-    local = is_local_path(output)
+    root = local_path(output)
     for path in first:
-        if local and os.path.isdir(path):
+        if root is not None and os.path.isdir(path):
             shutil.rmtree(path)  # a sink's temporary folder; rmtree does not follow links
-        elif local:
+        elif root is not None:
             os.remove(path)
         else:
             FileSystems.delete([path])
-    if local:
-        root = output.removeprefix("file://")
+    if root is not None:
         for table in (*TABLES, COMMITS):
             folder = os.path.join(root, table)
             if os.path.isdir(folder) and not os.path.islink(folder) and not os.listdir(folder):
@@ -162,8 +161,8 @@ def delete_uncommitted(output: str, committed: Iterable[str]) -> list[str]:
     ``list_output`` (links never followed). Nothing else is touched. Returns the relative
     paths deleted."""
     keep = set(committed)
-    local = is_local_path(output)
-    prefix = (output.removeprefix("file://") if local else output).rstrip("/") + "/"
+    local = local_path(output)
+    prefix = (output if local is None else local).rstrip("/") + "/"
     deleted = []
     for path in list_output(output).ours:
         relative = path[len(prefix):] if path.startswith(prefix) else path
@@ -171,7 +170,7 @@ def delete_uncommitted(output: str, committed: Iterable[str]) -> list[str]:
         if table not in TABLES or relative in keep:
             continue
         if TEMP_FOLDER.fullmatch(name.split("/", 1)[0]):  # object stores: its objects
-            if local:
+            if local is not None:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 FileSystems.delete([path])

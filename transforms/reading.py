@@ -5,9 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import os
 import posixpath
-import stat
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +14,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.decoding import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
+from transforms.paths import has_scheme, local_file_check
 from transforms.records import METRICS_NAMESPACE, DecodedImage, ErrorStage, ImageRow
 from transforms.retrying import RetryPolicy, call_with_retries, is_transient
 
@@ -29,7 +28,6 @@ __all__ = [
     "ReadImagePaths",
     "first_manifest_path",
     "listed_kind",
-    "local_file_problem",
     "manifest_paths",
     "max_file_bytes",
     "parse_manifest_line",
@@ -95,10 +93,10 @@ def parse_manifest_line(line: str, *, base: str, csv_column: int | None) -> str 
     path = line.strip()
     if not path or path.startswith("#"):
         return None
-    if "://" in path or not base:
+    if has_scheme(path) or not base:
         return path
     joined = path if posixpath.isabs(path) else FileSystems.join(base, path)
-    if "://" in joined:
+    if has_scheme(joined):
         return joined
     # Local paths normalized, so that "./a.png" and "/data/a.png" are one path for Distinct.
     return posixpath.normpath(joined)
@@ -216,36 +214,6 @@ def read_at_most(handle: Any, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def local_file_problem(path: str) -> str | None:
-    """Why a local path cannot be read as a file, or None (remote paths are not checked).
-
-    Checked before opening: opening a FIFO blocks until something writes to it, which would
-    hang the job rather than fail one image.
-    """
-    return _check_local(path)[0]
-
-
-def _check_local(path: str) -> tuple[str | None, int | None]:
-    """``local_file_problem`` and, for a regular local file, its size: one ``stat``."""
-    if "://" in path and not path.startswith("file://"):
-        return None, None
-    local = path.removeprefix("file://")
-    try:
-        info = os.stat(local)
-    except FileNotFoundError:
-        if os.path.islink(local):
-            return (f"it is a symbolic link to {os.readlink(local)!r}, which does not exist",
-                    None)
-        return "file not found (moved or deleted after it was listed?); check the path", None
-    except OSError as exc:
-        return f"cannot stat the file: {type(exc).__name__}: {exc}", None
-    if stat.S_ISDIR(info.st_mode):
-        return "it is a folder, not a file; list the images inside it instead", None
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file (a FIFO, socket or device); copy the image to a file", None
-    return None, info.st_size
-
-
 def _read_error_message(exc: Exception, attempts: int) -> str:
     if is_transient(exc):
         return f"cannot read the file after {attempts} attempts: {type(exc).__name__}: {exc}"
@@ -277,7 +245,7 @@ class ReadAndDecodeFn(beam.DoFn):
 
     def _read_bytes(self, path: str) -> bytes:
         # Folders, FIFOs, missing files: never retried. One stat gives a local file's size too.
-        problem, size = _check_local(path)
+        problem, size = local_file_check(path)
         if problem is not None:
             raise _ReadError(problem)
         limit = max_file_bytes(self._max_pixels)

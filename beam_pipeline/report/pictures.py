@@ -45,7 +45,8 @@ def load_image(path: str) -> tuple[np.ndarray | None, str | None]:
     from apache_beam.io.filesystems import FileSystems
 
     from transforms import DEFAULT_MAX_IMAGE_PIXELS
-    from transforms.reading import local_file_problem, max_file_bytes, read_at_most
+    from transforms.paths import local_file_problem
+    from transforms.reading import max_file_bytes, read_at_most
 
     problem = local_file_problem(path)  # a FIFO or device put where an image was: no hang
     if problem is not None:
