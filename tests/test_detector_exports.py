@@ -26,10 +26,9 @@ from tests.fixtures.od_api import (
     save_od_api_export,
     save_signature,
 )
-from transforms.decoding import decode_image
+from transforms.decoding import decode_image, encode_png
 from transforms.detection import (
     DetectorModel,
-    encode_png,
     parse_detections,
     recognise_input,
     tf_example_bytes,

@@ -218,7 +218,7 @@ def test_probe_without_boxes_keeps_the_default_and_run_time_refuses_misread(
     # A trained detector may find nothing on the probe: the probe cannot refuse, the
     # exporter's default (resized-frame pixels) stays, and a normalized export is then caught
     # image by image instead of written as tiny boxes in the corner.
-    monkeypatch.setattr("transforms.detection.probe_image",
+    monkeypatch.setattr("transforms.detector_model.probe_image",
                         lambda: np.full((96, 128, 3), 128, np.uint8))
     model = DetectorModel(exports[TWIN])
     assert model.prove_box_format() == IMAGE_INFO
