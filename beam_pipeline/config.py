@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
-from transforms.reading import InputSpec
+from transforms.inputs import InputSpec
 from transforms.tiles import TilingConfig
 
 __all__ = ["ClassifyConfig", "DetectConfig", "JobConfig", "RunConfig", "SelectConfig"]

@@ -7,8 +7,7 @@ import os
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.errors import ConfigError
-from transforms.paths import has_scheme, local_file_problem
-from transforms.reading import (
+from transforms.inputs import (
     IMAGE_EXTENSIONS,
     MANIFEST_EXTENSIONS,
     InputSpec,
@@ -16,6 +15,7 @@ from transforms.reading import (
     listed_kind,
     resolve_input,
 )
+from transforms.paths import has_scheme, local_file_problem
 
 __all__ = ["check_input"]
 

@@ -22,7 +22,7 @@ from typing import NamedTuple
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.quiet import worker_log_flags
-from transforms.reading import InputSpec, manifest_paths
+from transforms.inputs import InputSpec, manifest_paths
 from transforms.tf_runtime import THREADS_ENV, threads_per_process, usable_cores
 
 __all__ = ["LONG_INPUT_IMAGES", "LocalMode", "choose_local_mode", "count_inputs_up_to",

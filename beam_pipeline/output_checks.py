@@ -13,6 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.errors import ConfigError
 from beam_pipeline.run_record import read_run_record
+from transforms.inputs import InputSpec, first_manifest_path
 from transforms.output_folder import (
     COMMITS,
     OUTPUT_NAMES,
@@ -22,7 +23,6 @@ from transforms.output_folder import (
     list_output,
 )
 from transforms.paths import local_path
-from transforms.reading import InputSpec, first_manifest_path
 from transforms.records import short_list
 
 __all__ = ["check_output", "check_output_location", "input_locations"]

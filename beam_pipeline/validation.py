@@ -21,8 +21,8 @@ from beam_pipeline.model_checks import (
 from beam_pipeline.options import DetectClassifyOptions
 from beam_pipeline.output_checks import check_output, check_output_location
 from beam_pipeline.storage import storage_problem
+from transforms.inputs import InputSpec
 from transforms.paths import local_path
-from transforms.reading import InputSpec
 
 __all__ = ["Checked", "ConfigError", "check_input", "removing_created_output", "validate"]
 

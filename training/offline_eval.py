@@ -128,7 +128,7 @@ def detect_and_classify(decoded: Iterable[tuple[str, Optional[np.ndarray]]], *, 
 def list_images(location: str) -> list[str]:
     """The image files of a folder (by extension, as the job lists a folder) or of a glob,
     sorted."""
-    from transforms.reading import IMAGE_EXTENSIONS
+    from transforms.inputs import IMAGE_EXTENSIONS
 
     if os.path.isdir(location):
         return sorted(os.path.join(location, name) for name in os.listdir(location)
