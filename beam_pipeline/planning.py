@@ -8,7 +8,7 @@ from beam_pipeline.commits import fingerprint_difference
 from beam_pipeline.config import ClassifyConfig, DetectConfig, JobConfig, RunConfig, SelectConfig
 from beam_pipeline.errors import ConfigError
 from beam_pipeline.options import DetectClassifyOptions
-from beam_pipeline.run_record import row_options, run_identity
+from beam_pipeline.run_identity import row_options, run_identity
 from beam_pipeline.runs import complete_outputs
 from beam_pipeline.validation import Checked
 from transforms.output_folder import table_files

@@ -20,7 +20,7 @@ class RunLocked(RuntimeError):
 
 
 def _utc_now() -> str:
-    from beam_pipeline.run_record import utc_now
+    from beam_pipeline.run_identity import utc_now
 
     return utc_now()
 
