@@ -14,6 +14,7 @@ import numpy as np
 from beam_pipeline.report.data import Crop
 from transforms.boxes import clip_boxes, crop_box, resize_to
 from transforms.decoding import decode_image, encode_png
+from transforms.records import short_message
 
 __all__ = [
     "Picture",
@@ -27,6 +28,7 @@ __all__ = [
 
 CROP_SIZE = 96  # longest side of a crop in the gallery, pixels
 IMAGE_SIZE = 480  # longest side of a whole image
+REASON_LIMIT = 200  # characters of an error quoted under a placeholder
 _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (128, 128, 0), (0, 0, 128)]
 
@@ -59,11 +61,11 @@ def load_image(path: str) -> tuple[np.ndarray | None, str | None]:
         if len(data) > limit:
             return None, f"cannot read: file is over {limit} bytes"
     except Exception as exc:  # noqa: BLE001 (each filesystem raises its own errors)
-        return None, f"cannot read: {type(exc).__name__}: {str(exc)[:200]}"
+        return None, f"cannot read: {type(exc).__name__}: {short_message(exc, REASON_LIMIT)}"
     try:
         return decode_image(data), None
     except Exception as exc:  # noqa: BLE001 (a placeholder, never a crash)
-        return None, f"cannot decode: {str(exc)[:200]}"
+        return None, f"cannot decode: {short_message(exc, REASON_LIMIT)}"
 
 
 def _encode_jpeg(rgb: np.ndarray) -> bytes:
