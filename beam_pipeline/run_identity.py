@@ -1,5 +1,4 @@
-"""The run's identity, known before it starts: its id, the fingerprint of what makes an image's
-rows (model digests, labels, row-changing options) and the run record's fixed fields."""
+"""Run identity: the run id, the fingerprint of what makes an image's rows, the record's fields."""
 
 from __future__ import annotations
 
