@@ -56,10 +56,12 @@ class RateMeter:
 class ProgressPrinter:
     """Prints ``format_progress`` of ``folder`` every ``interval`` seconds while running."""
 
-    def __init__(self, folder: str, *, interval: float = 10.0, stream: TextIO = sys.stderr):
+    def __init__(self, folder: str, *, interval: float = 10.0,
+                 stream: Optional[TextIO] = None):
         self._folder = folder
         self._interval = interval
-        self._stream = stream
+        # Looked up now, not at import: whoever runs the job may have replaced sys.stderr since.
+        self._stream = stream if stream is not None else sys.stderr
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
 
@@ -77,4 +79,7 @@ class ProgressPrinter:
             totals = read_progress(self._folder)
             rate = meter.update(totals.get("done", 0), time.monotonic())
             if totals.get("queued", 0) or totals.get("done", 0):
-                print(format_progress(totals, rate), file=self._stream, flush=True)
+                try:
+                    print(format_progress(totals, rate), file=self._stream, flush=True)
+                except (OSError, ValueError):  # the stream was closed under us: stop printing
+                    return

@@ -41,3 +41,24 @@ def test_rate_is_measured_from_the_first_image_done_not_from_the_start():
     assert meter.update(4, 20.0) is None  # the first images: no interval to measure yet
     assert meter.update(4, 25.0) is None  # nothing new since
     assert meter.update(104, 30.0) == 10.0  # 100 images in the 10 s since the first reading
+
+
+def test_printer_writes_to_the_stderr_of_its_run_and_stops_on_a_closed_stream(tmp_path,
+                                                                           monkeypatch):
+    import io
+    import time
+
+    from beam_pipeline.progress import ProgressPrinter
+
+    _count(tmp_path, "queued", ["a.png", "b.png"])
+    now = io.StringIO()
+    monkeypatch.setattr("sys.stderr", now)  # replaced after the module was imported
+    with ProgressPrinter(str(tmp_path), interval=0.05):
+        time.sleep(0.3)
+    assert now.getvalue().startswith("progress: 0/2 images")
+    closed = io.StringIO()
+    closed.close()
+    printer = ProgressPrinter(str(tmp_path), interval=0.05, stream=closed)
+    with printer:
+        time.sleep(0.3)
+    assert not printer._thread.is_alive()  # ended quietly, no exception in the thread
