@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# scripts/flink_cluster.sh start|stop|status|fetch   a Flink session cluster on loopback
+# scripts/flink_cluster.sh start|stop|status|flags|fetch   a Flink session cluster on loopback
 #
 # start   a JobManager and two TaskManagers (separate JVMs, 2 slots each) and Beam's EXTERNAL
 #         worker pool (scripts/worker_pool.py, the SDK workers as its child processes), all on
 #         127.0.0.1; prints the job's flags on stdout, one per line
 # stop    stops every process start recorded, by its recorded pid (and its process group)
 # status  each recorded process, running or gone, the pool's SDK worker pids, the ports
+# flags   the job's flags for the running cluster
 # fetch   only fetch Flink: `pip download --no-deps apache-flink-libraries==FLINK_VERSION`
 #         (PyPI's Flink jars), unpacked once into .engines/flink-dist-FLINK_VERSION/
 # State (pids, logs, config.yaml, ports.env) in FLINK_STATE (default .engines/clusters/flink).
@@ -173,5 +174,5 @@ case "${1:-}" in
   status) status_all ;;
   flags) flags ;;
   fetch) fetch; echo "$DIST" ;;
-  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2; exit 2 ;;
 esac
