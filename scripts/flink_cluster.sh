@@ -159,12 +159,13 @@ start() {
 }
 
 flags() {
+  [ -f "$STATE/ports.env" ] || die 1 "no cluster state in $STATE (start it first)"
   # shellcheck disable=SC1091
   source "$STATE/ports.env"
   local jar
-  jar=$(ls "$ENGINES_DIR"/flink-1.19-job-server-*/job-server.jar 2>/dev/null | head -1)
+  jar=$(ENGINES_DIR=$ENGINES_DIR "$ROOT/scripts/engines.sh" flink) || die 1 "no Flink job server"
   printf '%s\n' --runner=FlinkRunner "--flink_master=localhost:$REST_PORT" \
-    --flink_version=1.19 "--flink_job_server_jar=${jar:-\$(scripts/engines.sh flink)}" \
+    --flink_version=1.19 "--flink_job_server_jar=$jar" \
     --parallelism=2 --environment_type=EXTERNAL "--environment_config=localhost:$POOL_PORT"
 }
 

@@ -94,12 +94,13 @@ flags() {
   [ -f "$STATE/ports.env" ] || die 1 "no cluster state in $STATE (start it first)"
   # shellcheck disable=SC1091
   source "$STATE/ports.env"
-  local dir
-  dir=$(dirname "$(ls "$ENGINES_DIR"/spark-3-job-server-*/job-server.jar 2>/dev/null | head -1)")
+  local jar dir
+  jar=$(ENGINES_DIR=$ENGINES_DIR "$ROOT/scripts/engines.sh" spark) || die 1 "no Spark job server"
+  dir=$(dirname "$jar")
   # The driver runs in Beam's job server: loopback only, and Beam's guava before pyspark's
   # guava-14 on the executors (else NoSuchMethodError in Preconditions.checkState).
   printf '%s\n' --runner=SparkRunner "--spark_master_url=spark://127.0.0.1:$MASTER_PORT" \
-    "--spark_job_server_jar=$dir/job-server.jar" \
+    "--spark_job_server_jar=$jar" \
     --environment_type=EXTERNAL "--environment_config=localhost:$POOL_PORT" \
     --job_server_jvm_properties=-Dspark.driver.host=127.0.0.1 \
     --job_server_jvm_properties=-Dspark.driver.bindAddress=127.0.0.1 \

@@ -24,3 +24,19 @@ def test_main_reads_verbose_from_the_parsed_value(monkeypatch, flag, quiet):
     monkeypatch.setattr(entry, "run", lambda argv: {})
     entry.main(["--input=in", "--output=out", *([flag] if flag else [])])
     assert seen == [quiet]
+
+
+def test_main_says_a_failed_job_in_one_line(monkeypatch, capsys):
+    # What a Flink or Spark job that the engine gave up on raises from wait_until_finish.
+    def failing(argv):
+        raise RuntimeError("Pipeline BeamApp-x failed in state FAILED: java.lang.Exception: "
+                           "CANCELLED: client cancelled\n\tat org.apache.flink.Foo(Foo.java:1)")
+
+    monkeypatch.setattr(entry, "run", failing)
+    with pytest.raises(SystemExit) as exited:
+        entry.main(["--input=in", "--output=out"])
+    assert exited.value.code == entry.EXIT_ERROR == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the job failed (RuntimeError: Pipeline")
+    assert "client cancelled" in lines[0] and "Foo.java" not in lines[0]
+    assert "--commit_every" in lines[0]
