@@ -145,7 +145,7 @@ def restarts(cluster: Cluster, job_log: Path) -> int:
     if cluster.engine == "flink":
         text = (cluster.state / "jobmanager.log").read_text(errors="replace")
         return len(re.findall(r"tasks will be restarted to recover the failed task", text))
-    text = job_log.read_text(errors="replace")
+    text = job_log.read_text(errors="replace") if job_log.exists() else ""
     return len(re.findall(r"Lost task [0-9.]+ in stage|Resubmitting .*due to fetch failure",
                           text))
 

@@ -12,7 +12,8 @@ the rows checked and what the user saw last:
   (Flink: the cluster's fixed-delay restart strategy, 3 attempts; Spark: spark.task.maxFailures 4);
 - ``worker``: a TaskManager (Flink) or a Spark worker is killed, retries on, on a fresh cluster;
 - ``norestart``: the SDK-worker kill with retries off (Flink: restart-strategy none; Spark:
-  spark.task.maxFailures 1) and ``--commit_every`` a third of the images; then the same command
+  spark.task.maxFailures 1): once without commits (what the user sees), then with
+  ``--commit_every`` a third of the images (the kill in the second step), then that same command
   again, without a fault: it resumes from the commits.
 
 Standard library only (the scene and the Parquet check run in the venv as subprocesses). The
@@ -55,12 +56,14 @@ def job_argv(scene: dict, output: Path, cluster: clusters.Cluster, *extra: str) 
             f"--classifier_labels={scene['labels']}", *cluster.flags, *extra]
 
 
-def run_once(cluster, scene, output: Path, fault: str, *extra: str, kill_at: int = 0) -> dict:
+def run_once(cluster, scene, output: Path, fault: str, *extra: str, kill_at: int = 0,
+             log: Path | None = None) -> dict:
     """One job on ``cluster``; ``fault`` (none, sdk, worker) once the detector has logged
     ``kill_at`` more calls than before the launch. Returns the measured line's fields."""
-    log = output.with_suffix(".log")
+    log = log or output.with_suffix(".log")
     detector_log = Path(scene["detector"] + ".progress.log")
     base = clusters.count_lines(detector_log)
+    restarts_before = clusters.restarts(cluster, log) if cluster.engine == "flink" else 0
     began = time.monotonic()
     job = clusters.start_job(job_argv(scene, output, cluster, *extra), log)
     killed = "-"
@@ -76,7 +79,8 @@ def run_once(cluster, scene, output: Path, fault: str, *extra: str, kill_at: int
     lines = [line for line in text.splitlines() if line.startswith(("error:", "time:"))]
     return {"exit": "hung" if code is None else code,
             "wall_s": round(time.monotonic() - began, 1), "killed": killed,
-            "restarts": clusters.restarts(cluster, log), "loaded": loaded and loaded.group(1),
+            "restarts": clusters.restarts(cluster, log) - restarts_before,
+            "loaded": loaded and loaded.group(1),
             "resumed": (re.search(r"resumed: (\d+ images from \d+ earlier commits)", text)
                         or [None, None])[1],
             "user_saw": lines[-1][:200] if lines else text.strip().splitlines()[-1][:200],
@@ -93,23 +97,26 @@ def scenarios(engine: str, wanted: list[str], scene: dict, out: Path) -> list[tu
         cluster = clusters.start_cluster(engine, out / f"{engine}-{name}-state", retries=retries)
         results.append((f"{engine} cluster start ({name})", {"start_s": round(cluster.start_s, 1)}))
         try:
-            for label, fault, extra, kill_at in runs:
-                output = out / f"{engine}-{label}"
-                results.append((f"{engine} {label}",
-                                run_once(cluster, scene, output, fault, *extra, kill_at=kill_at)))
+            for label, folder, fault, extra, kill_at in runs:
+                output = out / f"{engine}-{folder}"
+                log = out / f"{engine}-{label}.log"
+                results.append((f"{engine} {label}", run_once(
+                    cluster, scene, output, fault, *extra, kill_at=kill_at, log=log)))
         finally:
             clusters.stop_cluster(cluster)
 
-    base = [(name, name, (), 1 + third) for name in ("none", "sdk") if name in wanted]
+    base = [(name, name, name, (), 1 + third) for name in ("none", "sdk") if name in wanted]
     if base:
         on_cluster("retries", True, base)
     if "worker" in wanted:
-        on_cluster("worker", True, [("worker", "worker", (), 1 + third)])
+        on_cluster("worker", True, [("worker", "worker", "worker", (), 1 + third)])
     if "norestart" in wanted:
         commit = (f"--commit_every={third}",)
         on_cluster("no-retries", False, [
-            ("norestart", "sdk", commit, 1 + third + max(2, third // 3)),
-            ("norestart-rerun", "none", commit, 0)])
+            ("norestart", "norestart", "sdk", (), 1 + third),
+            # The kill in the second of three commit steps, then the same command again.
+            ("norestart-commits", "commits", "sdk", commit, 1 + third + max(2, third // 3)),
+            ("norestart-commits-rerun", "commits", "none", commit, 0)])
     return results
 
 
