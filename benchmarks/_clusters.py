@@ -139,15 +139,19 @@ def kill(pid: Optional[int]) -> bool:
         return False
 
 
-def restarts(cluster: Cluster, job_log: Path) -> int:
-    """Recoveries the engine logged: Flink's JobManager restarting tasks after a failure (one
-    per failover), Spark's driver (in the job's log) resubmitting a lost task."""
+def restarts(cluster: Cluster) -> int:
+    """Recoveries the engine recorded so far on ``cluster``: Flink's JobManager restarting
+    tasks after a failure (one per failover); Spark tasks that ended other than in success
+    (the jobs' event logs), each of which Spark ran again or gave up on."""
     if cluster.engine == "flink":
         text = (cluster.state / "jobmanager.log").read_text(errors="replace")
         return len(re.findall(r"tasks will be restarted to recover the failed task", text))
-    text = job_log.read_text(errors="replace") if job_log.exists() else ""
-    return len(re.findall(r"Lost task [0-9.]+ in stage|Resubmitting .*due to fetch failure",
-                          text))
+    failed = 0
+    for log in (cluster.state / "events").glob("*"):
+        for line in log.read_text(errors="replace").splitlines():
+            if '"Event":"SparkListenerTaskEnd"' in line and '"Reason":"Success"' not in line:
+                failed += 1
+    return failed
 
 
 def start_job(argv: list[str], log: Path) -> subprocess.Popen:

@@ -63,7 +63,7 @@ def run_once(cluster, scene, output: Path, fault: str, *extra: str, kill_at: int
     log = log or output.with_suffix(".log")
     detector_log = Path(scene["detector"] + ".progress.log")
     base = clusters.count_lines(detector_log)
-    restarts_before = clusters.restarts(cluster, log) if cluster.engine == "flink" else 0
+    restarts_before = clusters.restarts(cluster)
     began = time.monotonic()
     job = clusters.start_job(job_argv(scene, output, cluster, *extra), log)
     killed = "-"
@@ -79,7 +79,7 @@ def run_once(cluster, scene, output: Path, fault: str, *extra: str, kill_at: int
     lines = [line for line in text.splitlines() if line.startswith(("error:", "time:"))]
     return {"exit": "hung" if code is None else code,
             "wall_s": round(time.monotonic() - began, 1), "killed": killed,
-            "restarts": clusters.restarts(cluster, log) - restarts_before,
+            "restarts": clusters.restarts(cluster) - restarts_before,
             "loaded": loaded and loaded.group(1),
             "resumed": (re.search(r"resumed: (\d+ images from \d+ earlier commits)", text)
                         or [None, None])[1],

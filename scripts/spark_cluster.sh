@@ -9,7 +9,8 @@
 # flags   the job's flags for the running cluster
 # fetch   only fetch Spark: `pip install --no-deps --target` of pyspark==SPARK_VERSION (its
 #         jars and bin/spark-class), once, into .engines/spark-dist-SPARK_VERSION/
-# State (pids, logs, work folders, ports.env) in SPARK_STATE (default .engines/clusters/spark).
+# State (pids, logs, work folders, ports.env, the jobs' Spark event logs in events/) in
+# SPARK_STATE (default .engines/clusters/spark).
 # Settings: SPARK_VERSION (3.5.0), SPARK_MASTER_PORT (7077), SPARK_UI_PORT (8090, the master's;
 # workers take the next two), SPARK_POOL_PORT (50001); 0 picks free ports.
 # SPARK_TASK_MAX_FAILURES (4, Spark's default: a failed task is retried 3 times; 1: a failed
@@ -61,7 +62,7 @@ start() {
   need java curl
   refuse_if_running
   fetch
-  mkdir -p "$STATE/conf"
+  mkdir -p "$STATE/conf" "$STATE/events"
   local t0=$SECONDS i
   MASTER_PORT=${SPARK_MASTER_PORT:-7077}
   UI_PORT=${SPARK_UI_PORT:-8090}
@@ -106,7 +107,9 @@ flags() {
     --job_server_jvm_properties=-Dspark.driver.bindAddress=127.0.0.1 \
     "--job_server_jvm_properties=-Dspark.executor.extraClassPath=$(ls "$dir"/lib/guava-*.jar \
       | grep -v vendor | head -1)" \
-    "--job_server_jvm_properties=-Dspark.task.maxFailures=$TASK_MAX_FAILURES"
+    "--job_server_jvm_properties=-Dspark.task.maxFailures=$TASK_MAX_FAILURES" \
+    --job_server_jvm_properties=-Dspark.eventLog.enabled=true \
+    "--job_server_jvm_properties=-Dspark.eventLog.dir=file://$STATE/events"
 }
 
 case "${1:-}" in
