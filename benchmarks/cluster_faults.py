@@ -38,14 +38,22 @@ from benchmarks import _clusters as clusters  # noqa: E402
 JOB_TIMEOUT_S = 900
 
 
-def build_scene(out: Path, images: int, delay_ms: int) -> dict:
-    done = subprocess.run(
+def start_scene(out: Path, images: int, delay_ms: int) -> subprocess.Popen:
+    """Builds (or finds cached) ``images`` images and the free models, with a detector that
+    waits ``delay_ms`` per call, under ``out/scene``; ``scene`` reads the result."""
+    return subprocess.Popen(
         [clusters.PYTHON, "-m", "benchmarks._assets", "--out", str(out / "scene"),
          "--free_sizes", str(images), "--delay_ms", str(delay_ms)],
-        cwd=clusters.ROOT, capture_output=True, text=True, check=True,
+        cwd=clusters.ROOT, stdout=subprocess.PIPE, text=True,
         env={"PYTHONPATH": str(clusters.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
              "PATH": "/usr/bin:/bin"})
-    free = json.loads(done.stdout.strip().splitlines()[-1])["free"]
+
+
+def scene(process: subprocess.Popen, images: int) -> dict:
+    stdout, _ = process.communicate(timeout=600)
+    if process.returncode != 0:
+        raise RuntimeError(f"benchmarks._assets failed (exit {process.returncode})")
+    free = json.loads(stdout.strip().splitlines()[-1])["free"]
     return {"manifest": Path(free["manifests"][str(images)]), "detector": free["detector"],
             "classifier": free["classifier"], "labels": free["labels"], "images": images}
 
@@ -129,12 +137,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=clusters.ROOT / "benchmarks/out/faults")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    scene = build_scene(args.out, args.images, args.delay_ms)
+    built = scene(start_scene(args.out, args.images, args.delay_ms), args.images)
     wanted = args.scenarios.split(",")
     engines = ["flink", "spark"] if args.engine == "both" else [args.engine]
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for engine in engines:
-        for name, result in scenarios(engine, wanted, scene, args.out / stamp):
+        for name, result in scenarios(engine, wanted, built, args.out / stamp):
             print(f"{name}: {json.dumps(result)}", flush=True)
 
 

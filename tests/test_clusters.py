@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import _clusters as clusters
-from benchmarks.cluster_faults import build_scene, run_once
+from benchmarks.cluster_faults import run_once, scene, start_scene
 from tests.test_engines import fetch_engine
 
 pytestmark = pytest.mark.engines
@@ -26,8 +26,9 @@ DELAY_MS = 500  # per image, without CPU: the kill lands with about 4 s of detec
 
 @pytest.fixture(scope="module")
 def flink_cluster(tmp_path_factory):
-    """A started Flink cluster with the recommended restart strategy (fixed-delay, 3
-    attempts); stopped at the end of the module, also when a test fails."""
+    """(a started Flink cluster with the recommended restart strategy, fixed-delay with 3
+    attempts; the scene, built while the cluster starts). The cluster is stopped at the end
+    of the module, also when a test fails."""
     if shutil.which("java") is None:
         pytest.skip("java not found on PATH: the Flink cluster needs it")
     fetch_engine("flink")
@@ -36,25 +37,28 @@ def flink_cluster(tmp_path_factory):
     if fetched.returncode != 0:
         pytest.skip(f"scripts/flink_cluster.sh fetch failed (exit {fetched.returncode}): "
                     + " | ".join(fetched.stderr.strip().splitlines()[-3:]))
+    building = start_scene(tmp_path_factory.mktemp("scene"), IMAGES, DELAY_MS)
     try:
         cluster = clusters.start_cluster("flink", state, retries=True)
     except clusters.ClusterError as exc:
+        building.kill()
         pytest.fail(str(exc))
     try:
-        yield cluster
+        yield cluster, scene(building, IMAGES)
     finally:
         clusters.stop_cluster(cluster)
 
 
 def test_flink_cluster_survives_a_killed_sdk_worker(flink_cluster, tmp_path):
-    scene = build_scene(tmp_path, IMAGES, DELAY_MS)
-    detector_log = Path(scene["detector"] + ".progress.log")
-    result = run_once(flink_cluster, scene, tmp_path / "out", "sdk", kill_at=1 + IMAGES // 3)
+    cluster, built = flink_cluster
+    detector_log = Path(built["detector"] + ".progress.log")
+    calls_before = clusters.count_lines(detector_log)
+    result = run_once(cluster, built, tmp_path / "out", "sdk", kill_at=1 + IMAGES // 3)
     assert result["killed"].startswith("pid "), result
     assert result["exit"] == 0, result
     # Flink restarted the failed tasks, and the detector ran again for the lost work.
     assert result["restarts"] >= 1, result
-    assert clusters.count_lines(detector_log) > 1 + IMAGES, result
+    assert clusters.count_lines(detector_log) - calls_before > 1 + IMAGES, result
     # Every input path exactly once, all rows of the one run, and its record complete.
     check = result["check"]
     assert (check["inputs"], check["images_rows"], check["missing"], check["repeated"]) == (
