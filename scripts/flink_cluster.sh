@@ -21,6 +21,7 @@ source "$(dirname "$0")/_cluster_lib.sh"
 FLINK_VERSION=${FLINK_VERSION:-1.19.3}
 DIST=$ENGINES_DIR/flink-dist-$FLINK_VERSION
 STATE=${FLINK_STATE:-$ENGINES_DIR/clusters/flink}
+STATE=$(realpath -m "$STATE")
 TASKMANAGERS=2
 
 fetch() {

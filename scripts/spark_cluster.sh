@@ -23,6 +23,7 @@ source "$(dirname "$0")/_cluster_lib.sh"
 SPARK_VERSION=${SPARK_VERSION:-3.5.0}
 DIST=$ENGINES_DIR/spark-dist-$SPARK_VERSION
 STATE=${SPARK_STATE:-$ENGINES_DIR/clusters/spark}
+STATE=$(realpath -m "$STATE")  # Spark wants an absolute event log folder
 WORKERS=2
 
 fetch() {
