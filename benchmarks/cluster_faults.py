@@ -3,7 +3,7 @@ standalone cluster of ``scripts/flink_cluster.sh`` / ``scripts/spark_cluster.sh`
 process killed (SIGKILL) once about a third of the images have left the detector.
 
     .venv/bin/python benchmarks/cluster_faults.py [--engine flink|spark|both] [--images 90]
-        [--delay_ms 300] [--scenarios none,sdk,worker,norestart] [--out benchmarks/out/faults]
+        [--delay_ms 300] [--scenarios none,sdk,worker,fail,resume] [--out benchmarks/out/faults]
 
 Scenarios, each printed as one line with the exit code, wall time, restarts the engine logged,
 the rows checked and what the user saw last:
@@ -11,10 +11,10 @@ the rows checked and what the user saw last:
 - ``sdk``: the busiest SDK worker process (a child of the worker pool) is killed, retries on
   (Flink: the cluster's fixed-delay restart strategy, 3 attempts; Spark: spark.task.maxFailures 4);
 - ``worker``: a TaskManager (Flink) or a Spark worker is killed, retries on, on a fresh cluster;
-- ``norestart``: the SDK-worker kill with retries off (Flink: restart-strategy none; Spark:
-  spark.task.maxFailures 1): once without commits (what the user sees), then with
-  ``--commit_every`` a third of the images (the kill in the second step), then that same command
-  again, without a fault: it resumes from the commits.
+- ``fail``: the SDK-worker kill with retries off (Flink: restart-strategy none; Spark:
+  spark.task.maxFailures 1), without commits: what the user sees;
+- ``resume``: the same with ``--commit_every`` a third of the images (the kill in the second
+  step), then that same command again, without a fault: it resumes from the commits.
 
 Standard library only (the scene and the Parquet check run in the venv as subprocesses). The
 detector is the benchmark's ``free`` one that waits ``--delay_ms`` per image without using the
@@ -118,13 +118,13 @@ def scenarios(engine: str, wanted: list[str], scene: dict, out: Path) -> list[tu
         on_cluster("retries", True, base)
     if "worker" in wanted:
         on_cluster("worker", True, [("worker", "worker", "worker", (), 1 + third)])
-    if "norestart" in wanted:
-        commit = (f"--commit_every={third}",)
-        on_cluster("no-retries", False, [
-            ("norestart", "norestart", "sdk", (), 1 + third),
-            # The kill in the second of three commit steps, then the same command again.
-            ("norestart-commits", "commits", "sdk", commit, 1 + third + max(2, third // 3)),
-            ("norestart-commits-rerun", "commits", "none", commit, 0)])
+    commit = (f"--commit_every={third}",)
+    runs = [("norestart", "norestart", "sdk", (), 1 + third)] if "fail" in wanted else []
+    if "resume" in wanted:  # the kill in the second of three commit steps, then the same again
+        runs += [("norestart-commits", "commits", "sdk", commit, 1 + third + max(2, third // 3)),
+                 ("norestart-commits-rerun", "commits", "none", commit, 0)]
+    if runs:
+        on_cluster("no-retries", False, runs)
     return results
 
 
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--engine", choices=["flink", "spark", "both"], default="both")
     parser.add_argument("--images", type=int, default=90)
     parser.add_argument("--delay_ms", type=int, default=300)
-    parser.add_argument("--scenarios", default="none,sdk,worker,norestart")
+    parser.add_argument("--scenarios", default="none,sdk,worker,fail,resume")
     parser.add_argument("--out", type=Path, default=clusters.ROOT / "benchmarks/out/faults")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
