@@ -101,15 +101,19 @@ def scenarios(engine: str, wanted: list[str], scene: dict, out: Path) -> list[tu
     results = []
     out.mkdir(parents=True, exist_ok=True)
 
+    def report(name: str, result: dict) -> None:
+        print(f"{name}: {json.dumps(result)}", flush=True)
+        results.append((name, result))
+
     def on_cluster(name: str, retries: bool, runs):
         cluster = clusters.start_cluster(engine, out / f"{engine}-{name}-state", retries=retries)
-        results.append((f"{engine} cluster start ({name})", {"start_s": round(cluster.start_s, 1)}))
+        report(f"{engine} cluster start ({name})", {"start_s": round(cluster.start_s, 1)})
         try:
             for label, folder, fault, extra, kill_at in runs:
                 output = out / f"{engine}-{folder}"
                 log = out / f"{engine}-{label}.log"
-                results.append((f"{engine} {label}", run_once(
-                    cluster, scene, output, fault, *extra, kill_at=kill_at, log=log)))
+                report(f"{engine} {label}", run_once(
+                    cluster, scene, output, fault, *extra, kill_at=kill_at, log=log))
         finally:
             clusters.stop_cluster(cluster)
 
@@ -142,8 +146,7 @@ def main() -> None:
     engines = ["flink", "spark"] if args.engine == "both" else [args.engine]
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for engine in engines:
-        for name, result in scenarios(engine, wanted, built, args.out / stamp):
-            print(f"{name}: {json.dumps(result)}", flush=True)
+        scenarios(engine, wanted, built, args.out / stamp)  # prints a line per result
 
 
 if __name__ == "__main__":
