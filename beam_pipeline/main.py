@@ -157,6 +157,17 @@ def _record_or_none(read, output: str) -> Optional[dict]:
         return None
 
 
+def job_failed_line(exc: BaseException) -> str:
+    """One line for a job that failed in the runner (a killed worker the engine did not
+    retry, a lost cluster): the exception's first line, not the engine's stack traces."""
+    from transforms.records import short_message
+
+    first = short_message((str(exc).strip() or type(exc).__name__).splitlines()[0], 300)
+    return (f"the job failed ({type(exc).__name__}: {first}); no table in --output is final: "
+            "run the same command again with --overwrite to redo it, or with --commit_every so "
+            "that a rerun keeps the finished steps (docs/commits.md); --verbose for the trace")
+
+
 def _wants_help(argv: Sequence[str]) -> bool:
     return any(word in ("-h", "--help") for word in argv)
 
@@ -202,4 +213,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         except RunStopped as exc:
             logging.getLogger(__name__).info("the step's error", exc_info=exc.__cause__)
             print(f"error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_ERROR)
+        except Exception as exc:  # pylint: disable=broad-except
+            # The job itself failed in the runner: one line, the traceback with --verbose.
+            logging.getLogger(__name__).info("the job's error", exc_info=exc)
+            print(f"error: {job_failed_line(exc)}", file=sys.stderr)
             sys.exit(EXIT_ERROR)

@@ -5,7 +5,8 @@ C++ INFO lines and its load-time notes (oneDNN, CPU instructions, and on
 a machine with no GPU the CUDA lines, including a ``failed call to cuInit`` "error" that only
 says there is no GPU: see ``transforms.tf_runtime``); Beam's ``apitools not found`` and
 ``Resource module is not available`` (Beam logs the latter when one of its optional imports
-fails; ``resource`` itself works). Every other warning and error is still shown.
+fails; ``resource`` itself works). A failed job's engine message (on Spark a Java trace) is cut
+to its first line. Every other warning and error is still shown.
 """
 
 from __future__ import annotations
@@ -85,12 +86,20 @@ def quiet_worker_processes(*, enabled: bool = True) -> Iterator[None]:
             os.close(saved)
 
 
+# Beam's portable runner logs a failed job's engine message, a Java trace on Spark, before
+# wait_until_finish raises with it; the job's own error line then says it again in one line.
+_ENGINE_MESSAGES = os.path.join("runners", "portability", "portable_runner.py")
+
+
 class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # pylint: disable=broad-except
             return True
+        if record.levelno >= logging.ERROR and "\n" in message \
+                and record.pathname.endswith(_ENGINE_MESSAGES):
+            record.msg, record.args = message.split("\n", 1)[0] + " (trace: --verbose)", ()
         return not any(text in message for text in NOISE)
 
 

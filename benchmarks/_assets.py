@@ -81,11 +81,12 @@ def _cached(path: str) -> bool:
         return handle.read().strip() == progress_log(path)  # moved folders are rebuilt
 
 
-def build_detector(path: str, *, kind: str) -> str:
+def build_detector(path: str, *, kind: str, delay_ms: int = 0) -> str:
     """An OD API signature, ``input_tensor`` uint8 [1, None, None, 3], that logs its calls.
 
     ``kind``: ``mnv2`` (MobileNetV2 at 320x320), ``tiny`` (one conv at 64x64) or ``free``
-    (no network: 4 fixed boxes).
+    (no network: 4 fixed boxes). ``delay_ms``: each call also waits that long without using
+    the CPU (a tf.data sleep in the graph), so that a fault test can act mid-run.
     """
     if _cached(path):
         return path
@@ -106,6 +107,9 @@ def build_detector(path: str, *, kind: str) -> str:
     kept = FREE_REGIONS if net is None else KEPT_REGIONS
     base_scores = tf.constant([0.9] * kept + [0.1] * (count - kept))
     log = "file://" + progress_log(path)
+    if delay_ms:
+        # Private but stable since TF 2.3: the public tf.data.experimental.sleep was removed.
+        from tensorflow.python.data.experimental.ops.testing import sleep
 
     class Detector(tf.Module):
         def __init__(self):
@@ -116,6 +120,10 @@ def build_detector(path: str, *, kind: str) -> str:
             tf.TensorSpec([1, None, None, 3], tf.uint8, name="input_tensor")])
         def __call__(self, input_tensor):
             shift = tf.constant(0.0)
+            if delay_ms:
+                waited = tf.data.Dataset.range(1).apply(sleep(delay_ms * 1000)).reduce(
+                    tf.constant(0, tf.int64), lambda total, _: total)
+                shift += tf.cast(waited, tf.float32)  # 0: keeps the wait in the graph
             if self.net is not None:
                 x = tf.image.resize(tf.cast(input_tensor, tf.float32), (size, size)) / 127.5 - 1
                 # Scores move by at most 0.05 with the features, so the backbone cannot be
@@ -190,6 +198,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[])
     parser.add_argument("--free_sizes", type=int, nargs="*", default=[])
     parser.add_argument("--tiny", action="store_true", help="tiny detector (smoke tests)")
+    parser.add_argument("--delay_ms", type=int, default=0,
+                        help="free detector: wait this long per call (fault tests)")
     args = parser.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -207,7 +217,9 @@ def main() -> None:
         classifier, labels = build_free_classifier(out)
         result["free"] = {
             "manifests": {n: write_manifest(out, paths[:n], "free") for n in set(args.free_sizes)},
-            "detector": build_detector(os.path.join(out, "detector_free"), kind="free"),
+            "detector": build_detector(
+                os.path.join(out, f"detector_free_{args.delay_ms}ms" if args.delay_ms
+                             else "detector_free"), kind="free", delay_ms=args.delay_ms),
             "classifier": classifier, "labels": labels}
     print(json.dumps(result))
 
