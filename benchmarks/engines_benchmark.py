@@ -2,7 +2,8 @@
 
 Usage::
 
-    .venv/bin/python -m benchmarks.engines_benchmark [--images 300] [--engines direct,prism,flink,spark]
+    .venv/bin/python -m benchmarks.engines_benchmark [--images 300] \
+        [--engines direct,prism,flink,spark]
         [--repeat 3] [--models real|free] [--tiny] [--json FILE]
 
 Each row runs ``python -m benchmarks._run_pipeline`` (the job's own entry point) as its own

@@ -183,7 +183,8 @@ def format_table(results: Mapping[int, Mapping[str, list[dict]]], cores: float) 
                 notes.append(f"  {images} images, {label}: {'; '.join(sorted(choices))}")
     lines.append(f"wall s: whole process, median [min-max] over rounds; images/s: images / "
                  f"median wall; CPU: process tree incl. workers, of {cores:g} usable cores; "
-                 "1st img s, CPU s to 1st: wall and CPU seconds from process start to the first image "
+                 "1st img s, CPU s to 1st: wall and CPU seconds from process start to the first "
+                 "image "
                  "out of the detector (start-up, model loading, worker processes); ratios: "
                  "median over rounds of the pair in the same round ((b)/row wall > 1: the row "
                  "is faster than tf.data); load: 1-min load average before-after")

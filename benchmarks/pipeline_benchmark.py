@@ -134,7 +134,7 @@ def format_table(results: dict[str, dict], cores: float) -> str:
             f"{'RSS MB':>6} {'vs loop':>7} {'load':>9}")
     lines = [head, "-" * len(head)]
     for row, r in results.items():
-        label, ref = ROWS[row][0], ROWS[row][3]
+        label = ROWS[row][0]
         load = f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
         start = (f"{label:<42} {r['images']:>6} ")
         end = (f"{_fmt(r.get('run_images_s')):>20} {_fmt(r.get('startup_s')):>10} "

@@ -187,8 +187,8 @@ def export_saved_model(model: Any, path: str, *, score_floor: float = 0.05,
             x = tf.pad(x, [[0, 0], [0, ph], [0, pw], [0, 0]], mode="SYMMETRIC")
             out = self.net(x, training=False)[0]
             heat = tf.sigmoid(out[..., 0])
-            peaks = tf.where(tf.equal(tf.nn.max_pool2d(heat[None, ..., None], 3, 1, "SAME")[0, ..., 0],
-                                      heat), heat, 0.0)
+            pooled = tf.nn.max_pool2d(heat[None, ..., None], 3, 1, "SAME")[0, ..., 0]
+            peaks = tf.where(tf.equal(pooled, heat), heat, 0.0)
             ow = tf.shape(heat)[1]
             scores, idx = tf.math.top_k(tf.reshape(peaks, [-1]), k=tf.minimum(
                 top_k, tf.size(peaks)))

@@ -69,7 +69,8 @@ def make_crops(seed: int, num_images: int, *, size: int = 512, jitters: int = 2,
         while made < backgrounds and tries < 50:
             tries += 1
             bh, bw = np.exp(rng.uniform(np.log(5), np.log(160), 2))
-            y0, x0 = rng.uniform(-bh / 4, size - 3 * bh / 4), rng.uniform(-bw / 4, size - 3 * bw / 4)
+            y0 = rng.uniform(-bh / 4, size - 3 * bh / 4)
+            x0 = rng.uniform(-bw / 4, size - 3 * bw / 4)
             box = clip_boxes([y0, x0, y0 + bh, x0 + bw], size, size)[0]
             if box[2] - box[0] < 3 or box[3] - box[1] < 3 or _overlap_fraction(box, gts) > 0.1:
                 continue
