@@ -59,6 +59,7 @@ def _configure(argv: list[str]):
 
     from beam_pipeline.options import DetectClassifyOptions, unknown_flags
     from beam_pipeline.planning import plan
+    from beam_pipeline.run_lock import refuse_if_locked
     from beam_pipeline.validation import ConfigError, removing_created_output, validate
     from transforms.output_folder import delete_tables
     from transforms.records import short_list
@@ -75,6 +76,7 @@ def _configure(argv: list[str]):
     with removing_created_output(job.output):
         config = plan(job, validate(job))
     if job.overwrite:
+        refuse_if_locked(job.output)  # a live run's files are never deleted under it
         left = delete_tables(job.output)
         if left:
             print(f"note: --overwrite deleted only this job's files in {job.output}; left "

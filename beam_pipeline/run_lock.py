@@ -12,7 +12,7 @@ from typing import Any, Optional
 from transforms import output_folder
 from transforms.paths import local_path
 
-__all__ = ["RunLock", "RunLocked"]
+__all__ = ["RunLock", "RunLocked", "refuse_if_locked"]
 
 
 class RunLocked(RuntimeError):
@@ -73,6 +73,23 @@ class RunLock:
             except FileNotFoundError:
                 pass
             self._path = None
+
+
+def refuse_if_locked(output: str) -> None:
+    """Raises RunLocked when a live run holds ``output``'s lock (a stale lock is ignored): what
+    --overwrite checks before it deletes anything, so it never deletes a running run's files."""
+    folder = local_path(output)
+    if folder is None:
+        return
+    path = os.path.join(folder, output_folder.RUN_LOCK)
+    if not os.path.exists(path):
+        return
+    holder = _lock_holder(path)
+    if holder is not None and not _is_stale(holder):
+        raise RunLocked(
+            f"--output {output} is being written by another run (pid {holder.get('pid')} on "
+            f"{holder.get('host')} since {holder.get('since')}); --overwrite deletes nothing "
+            f"while it runs: wait for it to finish, or if no such run is alive delete {path}")
 
 
 def _lock_holder(path: str) -> Optional[dict[str, Any]]:

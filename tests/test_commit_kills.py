@@ -183,8 +183,14 @@ def test_killed_at_30_60_90_percent_then_resumed(scene, uninterrupted, tmp_path,
 
 
 def test_a_second_run_on_the_same_output_refuses_with_one_line(scene, tmp_path):
+    from benchmarks._assets import build_detector
+
+    # A detector that waits 1.5 s a call without CPU: the first run is surely still going
+    # while the other two start and are refused, however fast the machine.
+    slow = build_detector(str(tmp_path / "slow"), kind="free", delay_ms=1500)
     output = tmp_path / "out"
-    argv = _argv(scene, output, "--commit_every=1", "--direct_running_mode=in_memory")
+    argv = [*_argv(scene, output, "--commit_every=1", "--direct_running_mode=in_memory"),
+            f"--detector_model={slow}"]
     first = _start(argv)
     deadline = time.monotonic() + 120
     while not (output / "_run.lock").exists() and time.monotonic() < deadline:
@@ -197,7 +203,14 @@ def test_a_second_run_on_the_same_output_refuses_with_one_line(scene, tmp_path):
     lines = err.strip().splitlines()
     assert lines[-1].startswith(f"error: --output {output} is being written by another run "
                                 f"(pid {first.pid}"), err[-2000:]
-    # The refused run touched nothing: the first still holds its lock and goes on. It is not
+    # --overwrite deletes nothing under a live run: refused the same way, the folder untouched.
+    before = sorted(path.name for path in output.iterdir())
+    overwrite = _start([*argv, "--overwrite"])
+    _, err = overwrite.communicate(timeout=120)
+    assert overwrite.returncode == 2 and first.poll() is None, err[-2000:]
+    assert "--overwrite deletes nothing while it runs" in err.strip().splitlines()[-1]
+    assert set(before) <= {path.name for path in output.iterdir()}
+    # The refused runs touched nothing: the first still holds its lock and goes on. It is not
     # waited for (its steps are the kill test's business): stopped here, workers and all.
     assert (output / "_run.lock").exists() and first.poll() is None
     os.killpg(first.pid, signal.SIGKILL)
