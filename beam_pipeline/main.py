@@ -29,6 +29,14 @@ def _is_local_direct(options) -> bool:
         "DirectRunner", "direct", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 
+def _is_local(options) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from beam_pipeline.commits import LOCAL_RUNNERS
+
+    return (options.view_as(StandardOptions).runner or "DirectRunner") in LOCAL_RUNNERS
+
+
 def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     """Runs the job with command-line ``argv``; returns its metrics (empty when the runner
     does not report them). Raises ConfigError before any work on a configuration mistake, and
@@ -41,7 +49,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     options, config = _configure(argv)
     options, config, workers = _local_settings(argv, options, config)
     started = time.monotonic()
-    values = _execute(options, config, workers=workers)
+    values = _execute(options, config, workers=workers, local=_is_local(options))
     output = config.run.output
     record = _record_or_none(read_run_record, output)
     print(format_summary(values, record, config, startup_s=started - start,
@@ -107,15 +115,17 @@ def _local_settings(argv: list[str], options, config):
     return options, config, workers
 
 
-def _execute(options, config, *, workers: bool) -> dict[str, float]:
+def _execute(options, config, *, workers: bool, local: bool) -> dict[str, float]:
     """The pipeline (or, with commits, one pipeline per step) run to the end; its metrics.
-    A failed run without commits leaves no table that looks final; committed work is kept."""
+    A failed run without commits leaves no table that looks final; committed work is kept.
+    ``local``: one machine (``LOCAL_RUNNERS``), where the launcher selects the paths."""
     import apache_beam as beam
 
-    from beam_pipeline.commits import RunLocked, RunStopped, run_in_commits
+    from beam_pipeline.commits import RunLocked, RunStopped, run_in_commits, write_queued
     from beam_pipeline.pipeline import build_pipeline
     from beam_pipeline.progress import ProgressPrinter
     from beam_pipeline.run_record import ErrorGateFailed, gate_line, gate_passed, read_run_record
+    from beam_pipeline.selection import select_in_launcher
     from beam_pipeline.summary import collect_metrics
     from transforms.output_folder import delete_tables
 
@@ -132,6 +142,14 @@ def _execute(options, config, *, workers: bool) -> dict[str, float]:
                 (ProgressPrinter(progress) if progress else contextlib.nullcontext()):
             if config.run.commit_every:
                 return run_in_commits(config, run_graph, progress_folder=progress)
+            if local and config.select.done_tables:
+                # One machine: the done set as digests here, not a keyed join of every path.
+                config, counted = select_in_launcher(config)
+                if progress:
+                    write_queued(progress, len(config.select.input_paths))
+                values = run_graph(config)
+                return {**values, **{name: values.get(name, 0) + value
+                                     for name, value in counted.items()}}
             return run_graph(config)
     except (RunStopped, RunLocked):
         raise  # committed work is kept: nothing here is deleted

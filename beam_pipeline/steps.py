@@ -174,7 +174,9 @@ class FinishRun(beam.PTransform):
                     | "MarkComplete" >> beam.Map(write_commit, run.output, run.commit_index,
                                                  dict(run.commit_header), *counts))
         skipped = beam.pvalue.AsSingleton(
-            written["skipped"] | "CountSkipped" >> beam.combiners.Count.Globally())
+            written["skipped"] | "CountSkipped" >> beam.combiners.Count.Globally()
+            | "AddLauncherSkipped" >> beam.Map(lambda count, more: count + more,
+                                               run.skipped_in_launcher))
         return (written["files"]
                 | "CountFiles" >> beam.combiners.Count.Globally()
                 | "MarkComplete" >> beam.Map(finish_run, run.output, dict(run.record), *counts,
