@@ -20,6 +20,8 @@ __all__ = ["main", "run"]
 EXIT_CONFIG = 2
 EXIT_ERROR_GATE = 3
 EXIT_ERROR = 1
+# A folder for the progress counts that another process reads (``--estimate``'s sample run).
+PROGRESS_FOLDER_ENV = "BDC_PROGRESS_FOLDER"
 
 
 def _is_local_direct(options) -> bool:
@@ -109,7 +111,8 @@ def _local_settings(argv: list[str], options, config):
     record = {**config.run.record, "running": f"DirectRunner, {mode.reason}"}
     config = dataclasses.replace(
         config, run=dataclasses.replace(config.run, record=record),
-        progress_folder=tempfile.mkdtemp(prefix="bdc-progress-") if job.progress else None)
+        progress_folder=(os.environ.get(PROGRESS_FOLDER_ENV)
+                         or tempfile.mkdtemp(prefix="bdc-progress-")) if job.progress else None)
     workers = any("multi_processing" in value for value in options.get_all_options(
         retain_unknown_options=False).values() if isinstance(value, str))
     return options, config, workers
