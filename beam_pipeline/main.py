@@ -203,14 +203,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             return
         # Missing required flags and bad values: argparse's usage line under this program's
         # name and exit 2 (Beam's own options are checked by run()).
-        job_parser().parse_known_args(argv)
+        known, _ = job_parser().parse_known_args(argv)
         from beam_pipeline.commits import RunLocked, RunStopped
         from beam_pipeline.run_record import ErrorGateFailed
         from beam_pipeline.validation import ConfigError
 
         logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
         try:
-            run(argv)
+            if known.estimate:
+                from beam_pipeline.estimate import estimate
+
+                estimate(argv)
+            else:
+                run(argv)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(EXIT_CONFIG)
