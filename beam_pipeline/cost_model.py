@@ -14,6 +14,7 @@ from beam_pipeline.commits import AUTO, next_step_size
 __all__ = ["SampleRun", "SteadyState", "commit_steps", "estimate_lines", "steady_state"]
 
 MAX_PARTS = 8
+MIN_PART_S = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +54,12 @@ def _changes(run: SampleRun) -> list[tuple[float, float, int]]:
 
 
 def _parts(points: list[tuple[float, float, int]], images: int) -> list[tuple[float, float]]:
-    size = max(2, math.ceil(images / MAX_PARTS))
+    """Consecutive parts of at least ``images / MAX_PARTS`` images (4 or more) and
+    ``MIN_PART_S``: shorter ones would show the progress counts' steps, not the work."""
+    size = max(4, math.ceil(images / MAX_PARTS))
     parts, start = [], points[0]
     for point in points[1:]:
-        if point[2] - start[2] >= size and point[0] > start[0]:
+        if point[2] - start[2] >= size and point[0] - start[0] >= MIN_PART_S:
             count = point[2] - start[2]
             parts.append((count / (point[0] - start[0]), (point[1] - start[1]) / count))
             start = point
