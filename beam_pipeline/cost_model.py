@@ -146,10 +146,10 @@ def estimate_lines(run: SampleRun, steady: SteadyState, *, todo: int, cores: int
         f"memory: peak {run.peak_rss / mb:.0f} MB; {start_rss / mb:.0f} MB when the first "
         f"image was done, then {max(0, run.peak_rss - start_rss) / 1024 / run.images:+.0f} KB "
         "per image",
-        f"whole input here: about {_duration(wall)} for {todo} images ({fixed_wall:.0f} s "
-        f"fixed + {todo} x {steady.wall_per_image:.3f} s, {steps} commit step"
-        f"{'s' if steps != 1 else ''}); {cpu / 3600:.3f} vCPU-hours "
-        f"({todo} x {steady.cpu_per_image * 1000:.0f} CPU ms + {fixed_cpu:.0f} CPU s fixed)",
+        f"whole input here: about {wall:.0f} s wall ({_duration(wall)}) for {todo} images "
+        f"({fixed_wall:.0f} s fixed + {todo} x {steady.wall_per_image:.3f} s, {steps} commit "
+        f"step{'s' if steps != 1 else ''}); {cpu / 3600:.3f} vCPU-hours ({cpu:.0f} CPU s: "
+        f"{todo} x {steady.cpu_per_image * 1000:.0f} CPU ms + {fixed_cpu:.0f} CPU s fixed)",
     ]
     if deadline_hours:
         budget = deadline_hours * 3600 - fixed_wall

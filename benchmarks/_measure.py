@@ -51,6 +51,7 @@ class Run:
     info: dict
     processes: int
     cpu: float  # the whole tree's CPU seconds
+    stdout: str = ""
 
     @property
     def peak_rss(self) -> int:
@@ -95,7 +96,7 @@ def measure(cmd: list[str], *, cwd: str, env: dict, progress: str | None) -> Run
     cpu = max((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
               samples[-1][1] if samples else 0.0)
     return Run(start, end, samples, read_stamps(progress) if progress else [], info, len(pids),
-               cpu)
+               cpu, stdout)
 
 
 def read_stamps(path: str) -> list[float]:
