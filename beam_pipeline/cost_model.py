@@ -20,7 +20,7 @@ MIN_PART_S = 0.5
 @dataclasses.dataclass(frozen=True)
 class SampleRun:
     """One sample run of the job, measured from outside: ``timeline`` holds readings
-    ``(s since start, tree CPU s, tree RSS bytes, images done, paths queued)``."""
+    ``(s since start, tree CPU s, tree RSS bytes, images decoded, paths queued)``."""
 
     images: int
     wall_s: float
@@ -39,12 +39,12 @@ class SteadyState:
     cpu_per_image: float
     window: str
     parts: list[tuple[float, float]]
-    first_done: tuple[float, float, int]  # (s, CPU s, RSS) at the first image done
+    first_done: tuple[float, float, int]  # (s, CPU s, RSS) at the first image decoded
     ready: Optional[tuple[float, float]]  # (s, CPU s) when the launcher queued the paths
 
 
 def _changes(run: SampleRun) -> list[tuple[float, float, int]]:
-    """``(s, CPU s, done)`` at each reading where the done count grew."""
+    """``(s, CPU s, done)`` at each reading where the decoded count grew."""
     points, last = [], 0
     for t, cpu, _, done, _ in run.timeline:
         if done > last:
@@ -67,9 +67,9 @@ def _parts(points: list[tuple[float, float, int]], images: int) -> list[tuple[fl
 
 
 def steady_state(run: SampleRun) -> Optional[SteadyState]:
-    """The rates between the readings where 10% and 90% of the sample were done; when the
-    progress counts are too coarse for that, from the first image done to the end of the run
-    (which includes the tail: an upper bound). None when no image was counted done."""
+    """The rates between the readings where 10% and 90% of the sample were decoded; when the
+    progress counts are too coarse for that, from the first image decoded to the end of the run
+    (which includes the tail: an upper bound). None when no image was counted decoded."""
     points = _changes(run)
     if not points:
         return None
@@ -85,7 +85,7 @@ def steady_state(run: SampleRun) -> Optional[SteadyState]:
         count = max(1, run.images - first[2] + 1)
         wall = (run.wall_s - first[0]) / count
         cpu = max(0.0, run.cpu_s - first[1]) / count
-        label = "from the first image done to the end (too few progress steps: an upper bound)"
+        label = "from the first image decoded to the end (too few progress steps: an upper bound)"
     ready = next(((t, c) for t, c, _, _, queued in run.timeline if queued), None)
     first = next((t, c, rss) for t, c, rss, done, _ in run.timeline if done)
     return SteadyState(wall, cpu, label, _parts(window, run.images), first, ready)
@@ -138,13 +138,13 @@ def estimate_lines(run: SampleRun, steady: SteadyState, *, todo: int, cores: int
         f"sample run: {run.wall_s:.1f} s wall, {run.cpu_s:.1f} CPU s, peak RSS "
         f"{run.peak_rss / mb:.0f} MB (the job's process tree, {run.images} images)",
         f"start-up (fixed, not per image): {start_s:.1f} s wall and {start_cpu:.1f} CPU s "
-        "until the first image was done (imports, checks, model loads, worker start); "
+        "until the first image was decoded (imports, checks, model loads, worker start); "
         f"fixed in all: {fixed_wall:.1f} s wall, {fixed_cpu:.1f} CPU s",
         f"per image (steady state, {steady.window}): {steady.wall_per_image:.3f} s wall "
         f"({1 / steady.wall_per_image:.1f} images/s), {steady.cpu_per_image * 1000:.0f} CPU ms"
         + spread,
         f"memory: peak {run.peak_rss / mb:.0f} MB; {start_rss / mb:.0f} MB when the first "
-        f"image was done, then {max(0, run.peak_rss - start_rss) / 1024 / run.images:+.0f} KB "
+        f"image was decoded, then {max(0, run.peak_rss - start_rss) / 1024 / run.images:+.0f} KB "
         "per image",
         f"whole input here: about {wall:.0f} s wall ({_duration(wall)}) for {todo} images "
         f"({fixed_wall:.0f} s fixed + {todo} x {steady.wall_per_image:.3f} s, {steps} commit "

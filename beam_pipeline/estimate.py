@@ -89,7 +89,8 @@ def _sample_paths(config, images: int) -> tuple[list[str], int, int]:
 
 
 def _run_sample(argv: list[str], work: str, images: int) -> SampleRun:
-    """``python -m beam_pipeline argv`` here, its process tree and progress counts sampled."""
+    """``python -m beam_pipeline argv`` here, its process tree and progress counts (images
+    decoded, entering detection one at a time; paths queued) sampled."""
     from beam_pipeline.main import PROGRESS_FOLDER_ENV
 
     progress, scratch = os.path.join(work, "progress"), os.path.join(work, "tmp")
@@ -104,7 +105,7 @@ def _run_sample(argv: list[str], work: str, images: int) -> SampleRun:
 
     def counts() -> tuple[int, int]:
         totals = read_progress(progress)
-        return totals.get("done", 0), totals.get("queued", 0)
+        return totals.get("decoded", 0), totals.get("queued", 0)
 
     with TreeSampler(child.pid, every=0.1, extra=counts) as sampler:
         _, stderr = child.communicate()
@@ -154,7 +155,7 @@ def estimate(argv: Sequence[str]) -> None:
                           work, len(sample))
         steady = steady_state(run)
         if steady is None:
-            raise RuntimeError("the sample run counted no image done")
+            raise RuntimeError("the sample run counted no image decoded")
         print("\n".join(estimate_lines(run, steady, todo=todo, cores=usable_cores(),
                                        every=commit_every(job),
                                        deadline_hours=job.deadline_hours)), flush=True)

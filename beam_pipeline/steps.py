@@ -91,7 +91,13 @@ class DetectAndClassify(beam.PTransform):
         decoded = paths | "DecodeImages" >> beam.ParDo(
             ReadAndDecodeFn(max_pixels=detect.max_image_pixels)).with_outputs(
                 FAILED_TAG, main="decoded")
-        detections = decoded.decoded | "DetectObjects" >> RunInference(
+        images = decoded.decoded
+        if self._progress:
+            # Images as they enter detection, one at a time: the rows ("done") leave in
+            # classifier batches, too coarse for --estimate's steady state.
+            images = images | "CountDecoded" >> beam.ParDo(
+                CountProgress(self._progress, "decoded"))
+        detections = images | "DetectObjects" >> RunInference(
             ObjectDetectionModelHandler(detect.detector_model, model_copies=detect.model_copies,
                                         tiling=detect.tiling, box_format=detect.box_format))
         regions = detections | "CropRegions" >> beam.ParDo(CropRegionsFn(
