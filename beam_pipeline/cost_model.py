@@ -20,13 +20,15 @@ MIN_PART_S = 0.5
 @dataclasses.dataclass(frozen=True)
 class SampleRun:
     """One sample run of the job, measured from outside: ``timeline`` holds readings
-    ``(s since start, tree CPU s, tree RSS bytes, images decoded, paths queued)``."""
+    ``(s since start, tree CPU s, tree RSS bytes, images decoded, paths queued, processes
+    that have decoded an image)``; ``workers``: the processes that run the images."""
 
     images: int
     wall_s: float
     cpu_s: float
     peak_rss: int
-    timeline: list[tuple[float, float, int, int, int]]
+    timeline: list[tuple[float, float, int, int, int, int]]
+    workers: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +45,12 @@ class SteadyState:
     ready: Optional[tuple[float, float]]  # (s, CPU s) when the launcher queued the paths
 
 
-def _changes(run: SampleRun) -> list[tuple[float, float, int]]:
-    """``(s, CPU s, done)`` at each reading where the decoded count grew."""
+def _changes(run: SampleRun) -> list[tuple[float, float, int, int]]:
+    """``(s, CPU s, done, processes working)`` at each reading where the decoded count grew."""
     points, last = [], 0
-    for t, cpu, _, done, _ in run.timeline:
+    for t, cpu, _, done, _, working in run.timeline:
         if done > last:
-            points.append((t, cpu, done))
+            points.append((t, cpu, done, working))
             last = done
     return points
 
@@ -67,13 +69,18 @@ def _parts(points: list[tuple[float, float, int]], images: int) -> list[tuple[fl
 
 
 def steady_state(run: SampleRun) -> Optional[SteadyState]:
-    """The rates between the readings where 10% and 90% of the sample were decoded; when the
+    """The rates between the readings where 10% (and every worker process started) and 90% of
+    the sample were decoded; when the
     progress counts are too coarse for that, from the first image decoded to the end of the run
     (which includes the tail: an upper bound). None when no image was counted decoded."""
     points = _changes(run)
     if not points:
         return None
-    low = next(p for p in points if p[2] >= max(1, math.ceil(0.1 * run.images)))
+    tenth = max(1, math.ceil(0.1 * run.images))
+    # Not before every worker process has started on its share: until then the others are
+    # still loading their models, start-up that is no image's cost.
+    low = next((p for p in points if p[2] >= tenth and p[3] >= run.workers),
+               next(p for p in points if p[2] >= tenth))
     high = next((p for p in points if p[2] >= math.floor(0.9 * run.images)), points[-1])
     window = [p for p in points if low[0] <= p[0] <= high[0]]
     if high[2] - low[2] >= 2 and high[0] > low[0]:
@@ -86,8 +93,8 @@ def steady_state(run: SampleRun) -> Optional[SteadyState]:
         wall = (run.wall_s - first[0]) / count
         cpu = max(0.0, run.cpu_s - first[1]) / count
         label = "from the first image decoded to the end (too few progress steps: an upper bound)"
-    ready = next(((t, c) for t, c, _, _, queued in run.timeline if queued), None)
-    first = next((t, c, rss) for t, c, rss, done, _ in run.timeline if done)
+    ready = next(((t, c) for t, c, _, _, queued, _ in run.timeline if queued), None)
+    first = next((t, c, rss) for t, c, rss, done, _, _ in run.timeline if done)
     return SteadyState(wall, cpu, label, _parts(window, run.images), first, ready)
 
 

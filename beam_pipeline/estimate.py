@@ -88,7 +88,7 @@ def _sample_paths(config, images: int) -> tuple[list[str], int, int]:
         chosen.skipped
 
 
-def _run_sample(argv: list[str], work: str, images: int) -> SampleRun:
+def _run_sample(argv: list[str], work: str, images: int, workers: int) -> SampleRun:
     """``python -m beam_pipeline argv`` here, its process tree and progress counts (images
     decoded, entering detection one at a time; paths queued) sampled."""
     from beam_pipeline.main import PROGRESS_FOLDER_ENV
@@ -103,9 +103,11 @@ def _run_sample(argv: list[str], work: str, images: int) -> SampleRun:
     child = subprocess.Popen([sys.executable, "-m", "beam_pipeline", *argv], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def counts() -> tuple[int, int]:
+    def counts() -> tuple[int, int, int]:
         totals = read_progress(progress)
-        return totals.get("decoded", 0), totals.get("queued", 0)
+        working = sum(1 for name in os.listdir(progress) if name.startswith("decoded-")) \
+            if os.path.isdir(progress) else 0
+        return totals.get("decoded", 0), totals.get("queued", 0), working
 
     with TreeSampler(child.pid, every=0.1, extra=counts) as sampler:
         _, stderr = child.communicate()
@@ -117,7 +119,19 @@ def _run_sample(argv: list[str], work: str, images: int) -> SampleRun:
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     timeline = [(t - start, c, rss, *extra) for t, c, rss, extra in sampler.samples]
     return SampleRun(images, wall, max(cpu, timeline[-1][1] if timeline else 0.0),
-                     max((rss for _, _, rss, _, _ in timeline), default=0), timeline)
+                     max((row[2] for row in timeline), default=0), timeline, workers)
+
+
+def _workers(argv: Sequence[str]) -> int:
+    """The worker processes a DirectRunner run of ``argv`` decodes images in."""
+    from beam_pipeline.local_mode import _flag_value, usable_cores
+
+    if _flag_value(argv, "--direct_running_mode") != "multi_processing":
+        return 1
+    try:
+        return int(_flag_value(argv, "--direct_num_workers") or 0) or usable_cores()
+    except ValueError:
+        return usable_cores()
 
 
 def estimate(argv: Sequence[str]) -> None:
@@ -149,10 +163,10 @@ def estimate(argv: Sequence[str]) -> None:
         manifest = os.path.join(work, "sample.txt")
         with open(manifest, "w", encoding="utf-8") as handle:
             handle.write("\n".join(sample) + "\n")
-        run = _run_sample([*_drop_flags(argv, _DROPPED),
-                           *(flag for flag in mode.flags if flag.startswith("--direct_")),
-                           "--input", manifest, "--output", os.path.join(work, "out")],
-                          work, len(sample))
+        sample_argv = [*_drop_flags(argv, _DROPPED),
+                       *(flag for flag in mode.flags if flag.startswith("--direct_")),
+                       "--input", manifest, "--output", os.path.join(work, "out")]
+        run = _run_sample(sample_argv, work, len(sample), _workers(sample_argv))
         steady = steady_state(run)
         if steady is None:
             raise RuntimeError("the sample run counted no image decoded")

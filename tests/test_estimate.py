@@ -25,7 +25,8 @@ def _run(images=100, startup=20.0, per_image=0.05, cpu_per_image=0.08, tail=2.0)
     while t <= end + tail:
         done = 0 if t < startup else min(images, int((t - startup) / per_image) + 1)
         cpu = min(t, 10.0) if t < startup else 10.0 + done * cpu_per_image
-        timeline.append((t, cpu, 500 * MB + done * 1024 * 10, done, images if t > 15 else 0))
+        timeline.append((t, cpu, 500 * MB + done * 1024 * 10, done, images if t > 15 else 0,
+                         1 if done else 0))
         t += 0.1
     return SampleRun(images, end + tail, 10.0 + images * cpu_per_image + 1.0,
                      500 * MB + images * 10240, timeline)
@@ -43,7 +44,7 @@ def test_steady_state_is_taken_apart_from_the_start_up():
 
 def test_steady_state_of_a_run_that_counted_nothing_is_none():
     run = _run()
-    assert steady_state(SampleRun(5, 1.0, 1.0, 1, [(0.0, 0.0, 1, 0, 0)])) is None
+    assert steady_state(SampleRun(5, 1.0, 1.0, 1, [(0.0, 0.0, 1, 0, 0, 0)])) is None
     assert steady_state(run) is not None
 
 
@@ -105,3 +106,17 @@ def test_estimate_refuses_bad_settings_before_any_work(models_dir, image_dir, tm
     captured = capsys.readouterr()
     assert "estimate:" not in captured.out and captured.err.startswith("error: ")
     assert not (tmp_path / "never").exists()
+
+
+def test_steady_state_waits_for_every_worker_process():
+    # Two workers: the second decodes its first image only when 40 of 100 are done; until
+    # then its model loading burns CPU that no image owes (here 0.2 CPU s an image extra).
+    run = _run()
+    timeline = []
+    for t, cpu, rss, done, queued, _ in run.timeline:
+        extra = 0.2 * min(done, 40)
+        timeline.append((t, cpu + extra, rss, done, queued, 2 if done >= 40 else int(done > 0)))
+    late = SampleRun(run.images, run.wall_s, run.cpu_s + 8.0, run.peak_rss, timeline, workers=2)
+    steady = steady_state(late)
+    assert steady.window.startswith("images 40-") or steady.window.startswith("images 41-")
+    assert steady.cpu_per_image == pytest.approx(0.08, rel=0.05)
