@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline.runs import complete_outputs
-from benchmarks.skip_benchmark import done_path_array, write_done_run, write_manifest
+from benchmarks._done_runs import done_path_array, write_done_run, write_manifest
 from transforms.records import IMAGES_SCHEMA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
