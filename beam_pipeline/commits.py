@@ -25,17 +25,16 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.run_lock import RunLock, RunLocked
+from beam_pipeline.selection import committed_set, done_set, list_input, select_paths
 from transforms import output_folder
 from transforms.model_files import is_local_path
-from transforms.reading import InputSpec, listed_kind, manifest_paths
-from transforms.records import STATUS_OK, short_message
-from transforms.skipping import in_sample
+from transforms.records import short_message
 
 __all__ = [
     "COMMIT_VERSION",
@@ -53,6 +52,7 @@ __all__ = [
     "resumable",
     "run_in_commits",
     "write_commit",
+    "write_queued",
 ]
 
 COMMIT_VERSION = 1
@@ -205,72 +205,6 @@ def fingerprint_difference(before: Mapping[str, Any], now: Mapping[str, Any]) ->
     return "; ".join(words) or "the fingerprint"
 
 
-# -- The input, the done sets ------------------------------------------------------------------
-
-def list_input(spec: InputSpec, *, sample: float = 1.0,
-               counts: Optional[dict[str, int]] = None) -> list[str]:
-    """The paths ``--input`` names, once each and sorted, as ``ReadImagePaths`` lists them
-    (a folder: visible image files only), within ``--sample``. ``counts`` gets the listing's
-    counters as the pipeline's listing counts them (``files_listed``, ``files_skipped_hidden``,
-    ``files_skipped_not_image``), so a run in commit steps reports the same metrics."""
-    tally: dict[str, int] = {}
-    if spec.kind == "manifest":
-        paths = list(manifest_paths(spec))
-    else:
-        found = FileSystems.match([spec.location])[0].metadata_list
-        paths = [m.path for m in found]
-        if spec.only_images:
-            kinds = [listed_kind(path, spec.root) for path in paths]
-            for kind, name in (("hidden", "files_skipped_hidden"),
-                               ("other", "files_skipped_not_image")):
-                tally[name] = kinds.count(kind)
-            paths = [path for path, kind in zip(paths, kinds) if kind == "image"]
-        tally["files_listed"] = len(paths)
-    if counts is not None:  # like Beam's counters: only those that counted something
-        counts.update({name: value for name, value in tally.items() if value})
-    return sorted(path for path in set(paths) if in_sample(path, sample))
-
-
-def _read_columns(paths: Sequence[str], columns: Sequence[str]):
-    """Columns of Parquet files, local or through Beam's filesystems (which carry the
-    ``--s3_*``/GCS options); None for no files."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not paths:
-        return None
-    if all(is_local_path(path) for path in paths):
-        import pyarrow.dataset as ds
-
-        return ds.dataset([p.removeprefix("file://") for p in paths],
-                          format="parquet").to_table(columns=list(columns))
-    tables = []
-    for path in paths:
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            tables.append(pq.read_table(pa.BufferReader(handle.read()), columns=list(columns)))
-    return pa.concat_tables(tables)
-
-
-def committed_paths(output: str, commits: Iterable[Mapping[str, Any]]) -> set[str]:
-    """The image paths the commits' images files hold."""
-    files = [FileSystems.join(output.rstrip("/"), name) for commit in commits
-             for name in commit["files"] if name.startswith("images/")]
-    table = _read_columns(files, ["image_path"])
-    return set(table.column("image_path").to_pylist()) if table is not None else set()
-
-
-def done_paths(done_tables: Sequence[str], fingerprint: str) -> set[str]:
-    """Paths complete earlier runs finished ``ok`` with ``fingerprint`` (their images-table
-    globs), read once in the launcher (``SkipDoneImages`` does the same join on workers)."""
-    files = [m.path for result in FileSystems.match(list(done_tables))
-             for m in result.metadata_list]
-    table = _read_columns(files, ["image_path", "status", "fingerprint"])
-    if table is None:
-        return set()
-    return {path for path, status, print_ in zip(*(table.column(c).to_pylist() for c in (
-        "image_path", "status", "fingerprint"))) if status == STATUS_OK and print_ == fingerprint}
-
-
 # -- Running in commits ---------------------------------------------------------------------------
 
 def next_step_size(every: int, last: Optional[tuple[int, float]]) -> int:
@@ -309,16 +243,13 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
                                  + fingerprint_difference(commit.get("fingerprint_parts", {}),
                                                           run.fingerprint_parts))
         output_folder.delete_uncommitted(output, [name for c in earlier for name in c["files"]])
-        held = committed_paths(output, earlier)
-        listing: dict[str, int] = {}
-        listed = list_input(select.input, sample=select.sample, counts=listing)
-        done = done_paths(select.done_tables, run.fingerprint) if select.done_tables \
-            else set()
-        todo = [path for path in listed if path not in held and path not in done]
-        skipped = sum(1 for path in listed if path in done and path not in held)
-        resumed = sum(1 for path in listed if path in held)
+        chosen = select_paths(
+            select.input, sample=select.sample, held=committed_set(output, earlier),
+            done=done_set(select.done_tables, run.fingerprint) if select.done_tables else None)
+        todo, skipped, resumed, listing = (chosen.todo, chosen.skipped, chosen.resumed,
+                                           chosen.counts)
         if progress_folder:
-            _write_queued(progress_folder, len(todo))
+            write_queued(progress_folder, len(todo))
         first = (earlier[-1]["commit"] + 1) if earlier else 0
         header = {"run_id": run.run_id, "fingerprint": run.fingerprint,
                   "fingerprint_parts": dict(run.fingerprint_parts),
@@ -381,7 +312,7 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
     return values
 
 
-def _write_queued(folder: str, count: int) -> None:
+def write_queued(folder: str, count: int) -> None:
     """Progress counts every step's paths once, up front (steps do not count theirs)."""
     try:
         with open(os.path.join(folder, "queued-launcher.json"), "w") as handle:

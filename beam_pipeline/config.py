@@ -72,6 +72,9 @@ class RunConfig:
     part_prefix: str = "part"
     commit_index: Optional[int] = None
     commit_header: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Paths the launcher found done (a local run that selects in the launcher): added to what
+    # the graph itself skipped.
+    skipped_in_launcher: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

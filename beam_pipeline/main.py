@@ -20,6 +20,8 @@ __all__ = ["main", "run"]
 EXIT_CONFIG = 2
 EXIT_ERROR_GATE = 3
 EXIT_ERROR = 1
+# A folder for the progress counts that another process reads (``--estimate``'s sample run).
+PROGRESS_FOLDER_ENV = "BDC_PROGRESS_FOLDER"
 
 
 def _is_local_direct(options) -> bool:
@@ -27,6 +29,14 @@ def _is_local_direct(options) -> bool:
 
     return (options.view_as(StandardOptions).runner or "DirectRunner") in (
         "DirectRunner", "direct", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+
+
+def _is_local(options) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from beam_pipeline.commits import LOCAL_RUNNERS
+
+    return (options.view_as(StandardOptions).runner or "DirectRunner") in LOCAL_RUNNERS
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
@@ -41,7 +51,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     options, config = _configure(argv)
     options, config, workers = _local_settings(argv, options, config)
     started = time.monotonic()
-    values = _execute(options, config, workers=workers)
+    values = _execute(options, config, workers=workers, local=_is_local(options))
     output = config.run.output
     record = _record_or_none(read_run_record, output)
     print(format_summary(values, record, config, startup_s=started - start,
@@ -103,21 +113,24 @@ def _local_settings(argv: list[str], options, config):
     record = {**config.run.record, "running": f"DirectRunner, {mode.reason}"}
     config = dataclasses.replace(
         config, run=dataclasses.replace(config.run, record=record),
-        progress_folder=tempfile.mkdtemp(prefix="bdc-progress-") if job.progress else None)
+        progress_folder=(os.environ.get(PROGRESS_FOLDER_ENV)
+                         or tempfile.mkdtemp(prefix="bdc-progress-")) if job.progress else None)
     workers = any("multi_processing" in value for value in options.get_all_options(
         retain_unknown_options=False).values() if isinstance(value, str))
     return options, config, workers
 
 
-def _execute(options, config, *, workers: bool) -> dict[str, float]:
+def _execute(options, config, *, workers: bool, local: bool) -> dict[str, float]:
     """The pipeline (or, with commits, one pipeline per step) run to the end; its metrics.
-    A failed run without commits leaves no table that looks final; committed work is kept."""
+    A failed run without commits leaves no table that looks final; committed work is kept.
+    ``local``: one machine (``LOCAL_RUNNERS``), where the launcher selects the paths."""
     import apache_beam as beam
 
-    from beam_pipeline.commits import RunLocked, RunStopped, run_in_commits
+    from beam_pipeline.commits import RunLocked, RunStopped, run_in_commits, write_queued
     from beam_pipeline.pipeline import build_pipeline
     from beam_pipeline.progress import ProgressPrinter
     from beam_pipeline.run_record import ErrorGateFailed, gate_line, gate_passed, read_run_record
+    from beam_pipeline.selection import select_in_launcher
     from beam_pipeline.summary import collect_metrics
     from transforms.output_folder import delete_tables
 
@@ -134,6 +147,14 @@ def _execute(options, config, *, workers: bool) -> dict[str, float]:
                 (ProgressPrinter(progress) if progress else contextlib.nullcontext()):
             if config.run.commit_every:
                 return run_in_commits(config, run_graph, progress_folder=progress)
+            if local and config.select.done_tables:
+                # One machine: the done set as digests here, not a keyed join of every path.
+                config, counted = select_in_launcher(config)
+                if progress:
+                    write_queued(progress, len(config.select.input_paths))
+                values = run_graph(config)
+                return {**values, **{name: values.get(name, 0) + value
+                                     for name, value in counted.items()}}
             return run_graph(config)
     except (RunStopped, RunLocked):
         raise  # committed work is kept: nothing here is deleted
@@ -195,14 +216,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             return
         # Missing required flags and bad values: argparse's usage line under this program's
         # name and exit 2 (Beam's own options are checked by run()).
-        job_parser().parse_known_args(argv)
+        known, _ = job_parser().parse_known_args(argv)
         from beam_pipeline.commits import RunLocked, RunStopped
         from beam_pipeline.run_record import ErrorGateFailed
         from beam_pipeline.validation import ConfigError
 
         logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
         try:
-            run(argv)
+            if known.estimate:
+                from beam_pipeline.estimate import estimate
+
+                estimate(argv)
+            else:
+                run(argv)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(EXIT_CONFIG)

@@ -182,6 +182,22 @@ def _add_run_flags(group) -> None:
              "of about 10 minutes of work at the rate measured; off on distributed "
              "runners, whose engine retries failed work.")
     _add_switch(
+        group, "--estimate", "Estimate the cost, run nothing", default=False,
+        help="Measure instead of run: list the input (with --sample and --skip_done_in), "
+             "run the real job here on a small deterministic sample of it (--sample's "
+             "hash) in a temporary folder, and print the CPU seconds and memory per image, "
+             "the fixed start-up, the wall time here and the vCPU-hours for the whole "
+             "input, and the workers --deadline_hours needs. Nothing is written to "
+             "--output. DirectRunner only (docs/performance.md).")
+    _add(
+        group, "--estimate_images", "Estimate sample size", type=int, default=96,
+        metavar="IMAGES",
+        help="With --estimate: images in the sample (fewer when the input has fewer).")
+    _add(
+        group, "--deadline_hours", "Deadline (hours)", type=float, default=None,
+        help="With --estimate: also print how many workers like this machine finish the "
+             "whole input within this many hours. Default: not printed.")
+    _add_switch(
         group, "--progress", "Progress lines", default=True,
         help="Print a progress line to stderr every 10 s on the DirectRunner. "
              "--progress=false turns it off.")

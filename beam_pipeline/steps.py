@@ -91,7 +91,13 @@ class DetectAndClassify(beam.PTransform):
         decoded = paths | "DecodeImages" >> beam.ParDo(
             ReadAndDecodeFn(max_pixels=detect.max_image_pixels)).with_outputs(
                 FAILED_TAG, main="decoded")
-        detections = decoded.decoded | "DetectObjects" >> RunInference(
+        images = decoded.decoded
+        if self._progress:
+            # Images as they enter detection, one at a time: the rows ("done") leave in
+            # classifier batches, too coarse for --estimate's steady state.
+            images = images | "CountDecoded" >> beam.ParDo(
+                CountProgress(self._progress, "decoded"))
+        detections = images | "DetectObjects" >> RunInference(
             ObjectDetectionModelHandler(detect.detector_model, model_copies=detect.model_copies,
                                         tiling=detect.tiling, box_format=detect.box_format))
         regions = detections | "CropRegions" >> beam.ParDo(CropRegionsFn(
@@ -174,7 +180,9 @@ class FinishRun(beam.PTransform):
                     | "MarkComplete" >> beam.Map(write_commit, run.output, run.commit_index,
                                                  dict(run.commit_header), *counts))
         skipped = beam.pvalue.AsSingleton(
-            written["skipped"] | "CountSkipped" >> beam.combiners.Count.Globally())
+            written["skipped"] | "CountSkipped" >> beam.combiners.Count.Globally()
+            | "AddLauncherSkipped" >> beam.Map(lambda count, more: count + more,
+                                               run.skipped_in_launcher))
         return (written["files"]
                 | "CountFiles" >> beam.combiners.Count.Globally()
                 | "MarkComplete" >> beam.Map(finish_run, run.output, dict(run.record), *counts,

@@ -14,11 +14,10 @@ import math
 import os
 import resource
 import subprocess
-import threading
 import time
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
-TICK = 1.0 / os.sysconf("SC_CLK_TCK")
+from beam_pipeline.process_tree import TICK, TreeSampler
+
 SAMPLE_S = 0.02  # CPU and RSS of the known processes
 SCAN_S = 0.25  # looking for new descendants walks all of /proc: less often
 MIN_WINDOW_S = 1.0
@@ -41,40 +40,6 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def _cpu_and_rss(pid: int) -> tuple[float, int]:
-    """CPU seconds of ``pid`` itself (not its children) and its resident bytes."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            stat = handle.read()
-        with open(f"/proc/{pid}/statm") as handle:
-            rss = int(handle.read().split()[1]) * PAGE
-    except (OSError, IndexError):
-        return 0.0, 0
-    fields = stat[stat.rindex(")") + 2:].split()
-    # utime, stime: fields 14-15 of proc(5), 12-13 after the command name.
-    return (int(fields[11]) + int(fields[12])) * TICK, rss
-
-
 @dataclasses.dataclass
 class Run:
     """One process run: epoch start/end, tree samples ``(t, cpu_s, rss)`` and detector stamps."""
@@ -86,6 +51,7 @@ class Run:
     info: dict
     processes: int
     cpu: float  # the whole tree's CPU seconds
+    stdout: str = ""
 
     @property
     def peak_rss(self) -> int:
@@ -108,40 +74,17 @@ def measure(cmd: list[str], *, cwd: str, env: dict, progress: str | None) -> Run
     """Runs ``cmd``; samples its process tree until it exits. Raises on a non-zero exit."""
     if progress and os.path.exists(progress):
         os.remove(progress)
-    samples: list[tuple[float, float, int]] = []
-    pids: dict[int, float] = {}  # pid -> its last CPU reading (kept once it has exited)
-    done = threading.Event()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-    def sample() -> None:
-        last_scan = 0.0
-        while True:
-            now = time.time()
-            if now - last_scan >= SCAN_S:
-                for pid in _descendants(proc.pid):
-                    pids.setdefault(pid, 0.0)
-                last_scan = now
-            rss = 0
-            for pid in list(pids):
-                cpu, resident = _cpu_and_rss(pid)
-                if resident:  # alive: otherwise keep its last reading
-                    pids[pid] = cpu
-                    rss += resident
-            # Each process's own CPU, its last reading kept after it exits: counted once.
-            samples.append((now, sum(pids.values()), rss))
-            if done.wait(SAMPLE_S):
-                return
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    end = time.time()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done.set()
-    sampler.join()
+    with TreeSampler(proc.pid, every=SAMPLE_S, scan=SCAN_S, clock=time.time) as sampler:
+        stdout, stderr = proc.communicate()
+        end = time.time()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # Each process's own CPU, its last reading kept after it exits: counted once.
+    samples = [(t, cpu, rss) for t, cpu, rss, _ in sampler.samples]
+    pids = sampler.pids
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stderr[-3000:]}")
     info = {}
@@ -153,7 +96,7 @@ def measure(cmd: list[str], *, cwd: str, env: dict, progress: str | None) -> Run
     cpu = max((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
               samples[-1][1] if samples else 0.0)
     return Run(start, end, samples, read_stamps(progress) if progress else [], info, len(pids),
-               cpu)
+               cpu, stdout)
 
 
 def read_stamps(path: str) -> list[float]:

@@ -1,9 +1,9 @@
-"""Archive reruns with ``--skip_done_in``: wall time and peak RSS on the DirectRunner, in process.
+"""Archive reruns with ``--skip_done_in``: time and peak RSS on the DirectRunner, in process.
 
 Usage::
 
-    .venv/bin/python -m benchmarks.skip_benchmark [--new 1000] [--done 100000 --done 1000000]
-        [--repeat 1] [--models free|bundled] [--json FILE] [--profile]
+    .venv/bin/python -m benchmarks.skip_benchmark [--new 1000] [--done 1000000 --done 10000000]
+        [--steps one,commits] [--repeat 1] [--models free|bundled] [--json FILE] [--profile]
     .venv/bin/python -m benchmarks.skip_benchmark --report FILE.json...
 
 Each row runs the job's own ``beam_pipeline.main.run`` in a fresh process whose process tree is
@@ -12,9 +12,12 @@ sampled from /proc (``benchmarks._measure``), and checks its run.json, metrics a
 - ``seed``: ``--new`` generated JPEGs, nothing to skip; its run.json gives the fingerprint;
 - ``rerun``: the same manifest, ``--skip_done_in`` the seed: no image read, no inference;
 - ``done N``: ``--skip_done_in`` a synthetic complete run (an ``images/`` table of N ``ok`` rows
-  with the seed's fingerprint, run.json copied from the seed's) over a manifest of the ``--new``
-  real paths then the N done paths, which are not files: exactly ``--new`` images are read.
+  with the seed's fingerprint, written with pyarrow in batches, run.json copied from the
+  seed's) over a manifest of the ``--new`` real paths then the N done paths, which are not
+  files: exactly ``--new`` images are read. Built once per N and fingerprint (cached).
 
+``--steps``: ``one`` runs each row as one pipeline (``--commit_every=0``), ``commits`` in
+commit steps (the local default); both select the paths in the launcher.
 Models: ``free`` (default; ``benchmarks._assets``: 160x120 JPEGs, 4 fixed boxes, a one-conv
 32x32 classifier) keeps the new images cheap so that skipping is what is timed; ``bundled`` is
 ``models/`` on 640x480 wafer JPEGs. ``--profile`` reruns the largest ``done`` row under cProfile.
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import io
 import json
 import os
@@ -32,62 +34,11 @@ import shutil
 import statistics
 import sys
 
+from benchmarks._done_runs import done_inputs, write_manifest
 from benchmarks._measure import load_average, measure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = "runs"  # under --out: the job outputs, replaced on every run
-
-
-def done_paths(out: str, count: int) -> list[str]:
-    """``count`` absolute image paths in a folder that does not exist (archive layout)."""
-    base = os.path.join(out, "archive_not_on_disk")
-    return [f"{base}/lot-{i // 1000:05d}/img-{i:08d}.jpg" for i in range(count)]
-
-
-def write_manifest(path: str, *groups: list[str]) -> str:
-    """One path a line, the groups in order (the first path is what validation looks at)."""
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.writelines("\n".join(paths) + "\n" for paths in groups)
-    return path
-
-
-def write_done_run(folder: str, seed_record: dict, paths: list[str]) -> str:
-    """A complete earlier run in ``folder``: ``images/`` with one ``ok`` row per path, carrying
-    the seed's fingerprint, then ``_SUCCESS`` and a ``run.json`` copied from the seed's.
-
-    Its ``run_id`` sorts before the seed's; it has no ``detections/`` table (skipping reads
-    only ``images/``). Returns the folder.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from beam_pipeline.run_record import new_run_id, write_run_record
-    from transforms.output_folder import write_success_marker
-    from transforms.records import IMAGES_SCHEMA, STATUS_OK
-
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(os.path.join(folder, "images"))
-    run_id = new_run_id(datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC))
-    n = len(paths)
-    table = pa.table({
-        "image_path": pa.array(paths, pa.string()),
-        "width": pa.array([160] * n, pa.int32()),
-        "height": pa.array([120] * n, pa.int32()),
-        "status": pa.array([STATUS_OK] * n, pa.string()),
-        "error_stage": pa.nulls(n, pa.string()),
-        "error": pa.nulls(n, pa.string()),
-        "num_detections": pa.array([4] * n, pa.int32()),
-        "run_id": pa.array([run_id] * n, pa.string()),
-        "fingerprint": pa.array([seed_record["fingerprint"]] * n, pa.string()),
-    }, schema=IMAGES_SCHEMA)
-    pq.write_table(table, os.path.join(folder, "images", "images-00000-of-00001.parquet"),
-                   compression="zstd")
-    counts = dict(seed_record["counts"], images_read=n, images_ok=n, images_skipped=0,
-                  regions_kept=4 * n, regions_written=4 * n, regions_classified=4 * n)
-    write_success_marker(folder)
-    write_run_record(folder, {**seed_record, "run_id": run_id, "counts": counts,
-                              "synthetic": "benchmarks.skip_benchmark"})
-    return folder
 
 
 def build_assets(out: str, new: int, models: str) -> dict:
@@ -163,10 +114,30 @@ def _spread(values: list[float], spec: str) -> str:
             f"[{format(min(values), spec)}-{format(max(values), spec)}]")
 
 
+def _added_lines(every: dict[str, list[dict]], mode: str) -> list[str]:
+    """What each done path adds from the smallest to the largest ``done N/mode`` row."""
+    done = sorted((runs[0]["checked"]["record images_skipped"], runs)
+                  for name, runs in every.items() if name.startswith("done ")
+                  and name.endswith("/" + mode))
+    if len(done) < 2 or done[-1][0] <= done[0][0]:
+        return []
+    (low, low_runs), (high, high_runs) = done[0], done[-1]
+
+    def added(key: str) -> float:
+        return (statistics.median(r[key] for r in high_runs)
+                - statistics.median(r[key] for r in low_runs)) / (high - low)
+
+    rss = (max(r["rss_mb"] for r in high_runs)
+           - max(r["rss_mb"] for r in low_runs)) * 2**20 / (high - low)
+    return [f"{mode}: each done path from {low} to {high} adds {added('wall_s') * 1e3:.4f} ms "
+            f"wall, {added('cpu_s') * 1e3:.4f} ms CPU, {rss:.0f} bytes of peak RSS "
+            "(medians; RSS: largest run)"]
+
+
 def summary_lines(every: dict[str, list[dict]]) -> list[str]:
     """Per row: runs, median [min-max] of wall s and CPU s, peak RSS (largest run), load range;
     then what each done path adds, from the smallest to the largest ``done`` row."""
-    head = (f"{'row':<14} {'listed':>9} {'read':>5} {'infer':>5} {'runs':>4} {'wall s':>20} "
+    head = (f"{'row':<22} {'listed':>9} {'read':>5} {'infer':>5} {'runs':>4} {'wall s':>20} "
             f"{'CPU s':>20} {'RSS MB':>7} {'load':>9}")
     lines = [head, "-" * len(head)]
     for name, runs in every.items():
@@ -174,26 +145,13 @@ def summary_lines(every: dict[str, list[dict]]) -> list[str]:
         listed = checked["record images_read"] + checked["record images_skipped"]
         load = (f"{min(r['load'][0] for r in runs):.1f}-"
                 f"{max(r['load'][1] for r in runs):.1f}")
-        lines.append(f"{name:<14} {listed:>9} {checked['record images_read']:>5} "
+        lines.append(f"{name:<22} {listed:>9} {checked['record images_read']:>5} "
                      f"{checked['metric DetectObjects.num_inferences']:>5} {len(runs):>4} "
                      f"{_spread([r['wall_s'] for r in runs], '.1f'):>20} "
                      f"{_spread([r['cpu_s'] for r in runs], '.1f'):>20} "
                      f"{max(r['rss_mb'] for r in runs):>7.0f} {load:>9}")
-    done = sorted(((runs[0]["checked"]["record images_skipped"], runs)
-                   for name, runs in every.items() if name.startswith("done ")),
-                  key=lambda item: item[0])
-    if len(done) >= 2 and done[-1][0] > done[0][0]:
-        (low, low_runs), (high, high_runs) = done[0], done[-1]
-
-        def added(key: str) -> float:
-            return (statistics.median(r[key] for r in high_runs)
-                    - statistics.median(r[key] for r in low_runs)) / (high - low)
-
-        rss = (max(r["rss_mb"] for r in high_runs)
-               - max(r["rss_mb"] for r in low_runs)) * 2**20 / (high - low)
-        lines.append(f"each done path from {low} to {high} adds {added('wall_s') * 1e3:.3f} ms "
-                     f"wall, {added('cpu_s') * 1e3:.3f} ms CPU, {rss:.0f} bytes of peak RSS "
-                     "(medians; RSS: largest run)")
+    for mode in dict.fromkeys(name.split("/")[1] for name in every if "/" in name):
+        lines += _added_lines(every, mode)
     lines.append("listed: manifest lines; read: run.json images_read; infer: metric "
                  "DetectObjects.num_inferences; wall s, CPU s: median [min-max] of the job "
                  "process from start to exit (imports, checks, model loads included), CPU of its "
@@ -201,12 +159,17 @@ def summary_lines(every: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
+STEPS = {"one": ["--commit_every=0"], "commits": []}  # commits: the local default (auto)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new", type=int, default=1000, help="real new images per run")
     parser.add_argument("--done", type=int, action="append",
                         help="done paths of the synthetic earlier run (repeatable; default "
                              "100000)")
+    parser.add_argument("--steps", default="one,commits",
+                        help="comma-separated: one (--commit_every=0), commits (the default)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row")
     parser.add_argument("--models", choices=("free", "bundled"), default="free")
     parser.add_argument("--rows", default="seed,rerun,done",
@@ -221,27 +184,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="also write every run's figures to this file")
     parser.add_argument("--report", nargs="+", metavar="JSON",
                         help="run nothing: print the summary of earlier --json files")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _report(paths: list[str]) -> None:
+    merged: dict[str, list[dict]] = {}
+    for path in paths:
+        with open(path) as handle:
+            for name, runs in json.load(handle).items():
+                merged.setdefault(name, []).extend(runs)
+    print("\n".join(summary_lines(merged)))
+
+
+def _profile(out: str, job: list[str], seed_record: dict, new: list[str], count: int) -> None:
+    import pstats
+
+    profile = os.path.join(out, f"done_{count}.prof")
+    folder, listing = done_inputs(out, seed_record, new, count)
+    run_job(job + ["--input", listing, "--skip_done_in", folder],
+            os.path.join(out, RUNS, f"profile_{count}"), profile=profile)
+    for order in ("cumulative", "tottime"):
+        pstats.Stats(profile).sort_stats(order).print_stats(25)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     if args.report:
-        merged: dict[str, list[dict]] = {}
-        for path in args.report:
-            with open(path) as handle:
-                for name, runs in json.load(handle).items():
-                    merged.setdefault(name, []).extend(runs)
-        print("\n".join(summary_lines(merged)))
-        return
+        return _report(args.report)
     out = os.path.abspath(args.out)
-    os.makedirs(os.path.join(out, RUNS), exist_ok=True)
+    runs = os.path.join(out, RUNS)
+    os.makedirs(runs, exist_ok=True)
     assets = build_assets(out, args.new, args.models)
     if args.direct_running_mode != "auto":
         assets["job"].append(f"--direct_running_mode={args.direct_running_mode}")
-    rows = args.rows.split(",")
+    rows, steps = args.rows.split(","), args.steps.split(",")
     new = assets["images"][:args.new]
-    runs = os.path.join(out, RUNS)
     manifest = write_manifest(os.path.join(out, f"manifest_new_{args.new}.txt"), new)
     print(f"{os.cpu_count()} CPUs; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
           f"{args.models} models, {args.new} new images; DirectRunner "
-          f"{args.direct_running_mode}", flush=True)
+          f"{args.direct_running_mode}; steps {args.steps}", flush=True)
     every: dict[str, list[dict]] = {}
 
     def row(name: str, job: list[str], output: str, *, read: int, skipped: int) -> None:
@@ -260,25 +241,15 @@ def main(argv: list[str] | None = None) -> None:
         row("rerun", ["--input", manifest, "--skip_done_in", seed_out],
             os.path.join(runs, "rerun"), read=0, skipped=args.new)
     for count in sorted(args.done or [100000]) if "done" in rows else ():
-        done = done_paths(out, count)
-        done_folder = write_done_run(os.path.join(out, f"done_{count}"), seed_record, done)
-        listing = write_manifest(os.path.join(out, f"manifest_{args.new}_{count}.txt"), new, done)
-        job = ["--input", listing, "--skip_done_in", done_folder]
-        row(f"done {count}", job, os.path.join(runs, f"done_{count}"), read=args.new,
-            skipped=count)
-    print()
-    print("\n".join(summary_lines(every)))
+        folder, listing = done_inputs(out, seed_record, new, count)
+        for mode in steps:
+            row(f"done {count}/{mode}", ["--input", listing, "--skip_done_in", folder,
+                                         *STEPS[mode]],
+                os.path.join(runs, f"done_{count}"), read=args.new, skipped=count)
+    print("\n" + "\n".join(summary_lines(every)))
     if args.profile:
-        count = max(args.done or [100000])
-        profile = os.path.join(out, f"done_{count}.prof")
-        done_folder = os.path.join(out, f"done_{count}")
-        run_job(assets["job"] + ["--input", os.path.join(out, f"manifest_{args.new}_{count}.txt"),
-                                 "--skip_done_in", done_folder],
-                os.path.join(runs, f"profile_{count}"), profile=profile)
-        import pstats
-
-        for order in ("cumulative", "tottime"):
-            pstats.Stats(profile).sort_stats(order).print_stats(25)
+        _profile(out, assets["job"] + STEPS[steps[0]], seed_record, new,
+                 max(args.done or [100000]))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(every, handle, indent=1, default=str)

@@ -105,12 +105,14 @@ def test_run_record_describes_the_run(first_run, models_dir):
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("steps", ["--commit_every=0", "--commit_every=2"])
 def test_skip_done_skips_ok_paths_even_with_the_models_copied(first_run, models_dir,
-                                                              image_dir, tmp_path):
+                                                              image_dir, tmp_path, steps):
+    # Both select in the launcher (a local run): one pipeline, or commit steps.
     copied = tmp_path / "models"
     shutil.copytree(models_dir, copied)  # same bytes elsewhere: same fingerprint
     out = tmp_path / "day2"
-    metrics = run(job_args(copied, image_dir, out, f"--skip_done_in={first_run}/*"))
+    metrics = run(job_args(copied, image_dir, out, f"--skip_done_in={first_run}/*", steps))
     # The ok images are skipped; the decode error is processed again.
     assert _paths(out) == [str(image_dir / "broken.png")]
     assert read_table(out, "detections") == []
@@ -118,7 +120,7 @@ def test_skip_done_skips_ok_paths_even_with_the_models_copied(first_run, models_
     assert record["counts"]["images_skipped"] == 3
     assert record["counts"]["images_read"] == 1
     assert record["fingerprint"] == read_run_record(str(first_run / "day1"))["fingerprint"]
-    assert metrics["images_skipped"] == 3
+    assert metrics["images_skipped"] == 3 and metrics["files_listed"] == 4
 
 
 @pytest.mark.e2e

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline.runs import complete_outputs
-from benchmarks.skip_benchmark import done_paths, write_done_run
+from benchmarks._done_runs import done_path_array, write_done_run, write_manifest
 from transforms.records import IMAGES_SCHEMA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,8 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_write_done_run_is_a_complete_run_with_the_seed_fingerprint(tmp_path):
     seed = {"version": 1, "run_id": "20991231T000000.000000Z-00000000", "status": "complete",
             "fingerprint": "f" * 32, "counts": {"images_read": 1, "images_ok": 1}}
-    paths = done_paths(str(tmp_path), 3)
-    folder = write_done_run(str(tmp_path / "done_3"), seed, paths)
+    paths = done_path_array(str(tmp_path), 0, 3).to_pylist()
+    assert paths[2] == f"{tmp_path}/archive_not_on_disk/lot-00000/img-00000002.jpg"
+    folder = write_done_run(str(tmp_path / "done_3"), seed, str(tmp_path), 3)
     [(found, record)] = complete_outputs([str(tmp_path / "*")])
     assert found == folder and record["fingerprint"] == seed["fingerprint"]
     assert record["run_id"] < seed["run_id"] and record["counts"]["images_ok"] == 3
@@ -30,6 +31,9 @@ def test_write_done_run_is_a_complete_run_with_the_seed_fingerprint(tmp_path):
     assert table.column("image_path").to_pylist() == paths
     assert set(table.column("status").to_pylist()) == {"ok"}
     assert not any(os.path.exists(path) for path in paths)
+    listing = write_manifest(str(tmp_path / "m.txt"), ["/new/a.jpg"], str(tmp_path), 3)
+    with open(listing) as handle:
+        assert handle.read().split() == ["/new/a.jpg", *paths]
 
 
 @pytest.mark.e2e
@@ -44,5 +48,7 @@ def test_skip_benchmark_checks_a_tiny_run(tmp_path):
     runs = json.loads(figures.read_text())
     assert runs["rerun"][0]["checked"]["record images_read"] == 0
     assert runs["rerun"][0]["checked"]["metric DetectObjects.num_inferences"] == 0
-    assert runs["done 40"][0]["checked"]["record images_skipped"] == 40
-    assert "done 40" in done.stdout
+    for mode in ("one", "commits"):
+        assert runs[f"done 40/{mode}"][0]["checked"]["record images_skipped"] == 40
+        assert runs[f"done 40/{mode}"][0]["checked"]["record images_read"] == 5
+    assert "done 40/commits" in done.stdout

@@ -18,9 +18,18 @@ import apache_beam as beam
 
 from transforms.records import STATUS_ERROR
 
-__all__ = ["CountProgress", "read_progress"]
+__all__ = ["EVERY_ENV", "CountProgress", "read_progress"]
 
 _WRITE_EVERY_S = 1.0
+# How often each counter writes its file; ``--estimate`` asks its sample run for finer steps.
+EVERY_ENV = "BDC_PROGRESS_EVERY_S"
+
+
+def _write_every_s() -> float:
+    try:
+        return float(os.environ.get(EVERY_ENV, _WRITE_EVERY_S))
+    except ValueError:
+        return _WRITE_EVERY_S
 
 
 class CountProgress(beam.DoFn):
@@ -38,8 +47,10 @@ class CountProgress(beam.DoFn):
         self._errors = 0
         self._written_at = 0.0
         self._path: Optional[str] = None
+        self._every = _WRITE_EVERY_S
 
     def setup(self) -> None:
+        self._every = _write_every_s()
         self._path = os.path.join(self._folder, f"{self._kind}-{os.getpid()}-"
                                                 f"{uuid.uuid4().hex[:8]}.json")
 
@@ -48,7 +59,7 @@ class CountProgress(beam.DoFn):
         if getattr(element, "status", None) == STATUS_ERROR:
             self._errors += 1
         now = time.monotonic()
-        if now - self._written_at >= _WRITE_EVERY_S:
+        if now - self._written_at >= self._every:
             self._write(now)
         yield element
 

@@ -16,18 +16,22 @@ from apache_beam.io.parquetio import ReadAllFromParquet
 
 from transforms.records import METRICS_NAMESPACE, STATUS_OK
 
-__all__ = ["SKIPPED_TAG", "SkipDoneImages", "in_sample"]
+__all__ = ["HASH_SPACE", "SKIPPED_TAG", "SkipDoneImages", "in_sample", "sample_value"]
 
 SKIPPED_TAG = "skipped"
-_HASH_SPACE = 2**64
+HASH_SPACE = 2**64
+
+
+def sample_value(path: str) -> int:
+    """The hash ``--sample`` selects by: the first 8 bytes of the SHA-256 of the path."""
+    return int.from_bytes(hashlib.sha256(path.encode("utf-8")).digest()[:8], "big")
 
 
 def in_sample(path: str, fraction: float) -> bool:
     """Whether ``path`` belongs to the deterministic sample of size ``fraction`` (0..1]."""
     if fraction >= 1.0:
         return True
-    value = int.from_bytes(hashlib.sha256(path.encode("utf-8")).digest()[:8], "big")
-    return value < fraction * _HASH_SPACE
+    return sample_value(path) < fraction * HASH_SPACE
 
 
 class _KeepUnfinished(beam.DoFn):
