@@ -33,7 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipeline.run_lock import RunLock, RunLocked
 from beam_pipeline.selection import committed_set, done_set, list_input, select_paths
 from transforms import output_folder
-from transforms.model_files import is_local_path
+from transforms.paths import is_local_path
 from transforms.records import short_message
 
 __all__ = [

@@ -109,7 +109,7 @@ def _parquet_batches(path: str, columns: list[str]) -> Iterator:
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
-    from transforms.model_files import is_local_path
+    from transforms.paths import is_local_path
 
     if is_local_path(path):
         source = path.removeprefix("file://")
