@@ -15,6 +15,22 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The files that take longest (minutes each: whole jobs killed and resumed, real engines and a
+# cluster, benchmark smoke runs), started first: with two test processes (`./run_local.sh
+# test` runs pytest-xdist, one file per process at a time) the short files fill in behind them
+# instead of one long file running alone at the end. Only the order changes.
+LONGEST_FIRST = ("test_commit_kills.py", "test_engines.py", "test_clusters.py",
+                 "test_training.py", "test_skip_benchmark.py", "test_peer_benchmark.py",
+                 "test_benchmark_smoke.py", "test_s3.py", "test_commits.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file, and of the other files, is kept
+
 # Normalized [ymin, xmin, ymax, xmax]; the fake detector returns these for every image.
 FAKE_BOXES = np.array([
     [0.1, 0.1, 0.4, 0.3],    # A, score 0.9
