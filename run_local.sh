@@ -28,9 +28,10 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
 if [ "${1:-}" = "test" ]; then
   shift
-  # Two test processes (pytest-xdist), each taking whole files; TEST_WORKERS=0 runs one.
+  # Two test processes (pytest-xdist), each taking whole files in the order tests/conftest.py
+  # gives them (longest first; xdist would reorder by test count); TEST_WORKERS=0 runs one.
   if [ "${TEST_WORKERS:-2}" != 0 ]; then
-    set -- -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+    set -- -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
   fi
   exec "$VENV/bin/python" -m pytest "$@"
 fi

@@ -97,17 +97,22 @@ def main(argv: list[str] | None = None) -> None:
                   + (f" ({figures['reason']})" if figures.get("reason") else ""), flush=True)
     print(f"\n{args.images} images, {args.models} models, mode {args.mode}, {cores:g} cores, "
           f"{args.repeat} rounds; median [min-max]")
-    print("| setting | commits | steady images/s | wall s | rate vs off (paired) |")
-    print("|---|---:|---|---|---|")
+    print("| setting | commits | steady images/s | wall s | CPU s, whole process | "
+          "rate vs off (paired) | CPU vs off (paired) |")
+    print("|---|---:|---|---|---|---|---|")
     for setting in settings:
         rates = [r.get("images_s") for r in runs[setting]]
         ratios = [r / o["images_s"] - 1 for r, o in zip(rates, runs.get("off", []))
                   if r and o.get("images_s")]
+        cpu = [r["total_cpu_s"] for r in runs[setting]]
+        # CPU seconds move far less with the machine's load than rates and wall times do.
+        cpu_ratios = [c / o["total_cpu_s"] - 1 for c, o in zip(cpu, runs.get("off", []))]
+        paired = setting != "off"
         print(f"| {setting} | {runs[setting][0]['commits']} | "
               f"{_spread([r for r in rates if r])} | "
-              f"{_spread([r['total_s'] for r in runs[setting]])} | "
-              f"{_spread([100 * x for x in ratios], '+.1f') + ' %' if setting != 'off' else '-'}"
-              " |")
+              f"{_spread([r['total_s'] for r in runs[setting]])} | {_spread(cpu)} | "
+              f"{_spread([100 * x for x in ratios], '+.1f') + ' %' if paired else '-'} | "
+              f"{_spread([100 * x for x in cpu_ratios], '+.1f') + ' %' if paired else '-'} |")
 
 
 if __name__ == "__main__":
