@@ -13,7 +13,7 @@ import pyarrow.dataset as ds
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import commits
+from beam_pipeline import commit_records
 from beam_pipeline.commits import (
     AUTO,
     DEFAULT_LOCAL_COMMIT_EVERY,
@@ -164,7 +164,7 @@ def test_a_failed_commit_keeps_earlier_ones_and_the_same_command_resumes(
 
     out = tmp_path / "out"
     argv = job_args(models_dir, image_dir, out, "--commit_every=1")
-    real = commits._write_bytes_atomically
+    real = commit_records._write_bytes_atomically
     calls = []
 
     def disk_full_on_the_third(path, data):
@@ -173,7 +173,7 @@ def test_a_failed_commit_keeps_earlier_ones_and_the_same_command_resumes(
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(commits, "_write_bytes_atomically", disk_full_on_the_third)
+    monkeypatch.setattr(commit_records, "_write_bytes_atomically", disk_full_on_the_third)
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 1
@@ -189,7 +189,7 @@ def test_a_failed_commit_keeps_earlier_ones_and_the_same_command_resumes(
     assert ds.dataset(str(out / "images"), format="parquet").to_table().num_rows == 2
     assert not (out / "run.json").exists() and not (out / "_run.lock").exists()
     assert complete_outputs([str(out)]) == []  # not a run --skip_done_in would use
-    monkeypatch.setattr(commits, "_write_bytes_atomically", real)
+    monkeypatch.setattr(commit_records, "_write_bytes_atomically", real)
 
     # What a kill in the middle of a commit leaves: parts and a record's temporary file.
     (out / "images" / "part-c00007-00000-of-00001.parquet").write_bytes(b"PAR1")
