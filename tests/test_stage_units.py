@@ -31,6 +31,7 @@ from transforms.parquet_sink import (
 from transforms.records import (
     DETECTIONS_SCHEMA,
     IMAGES_SCHEMA,
+    MESSAGE_LIMIT,
     STATUS_ERROR,
     STATUS_OK,
     Classification,
@@ -300,7 +301,9 @@ def test_failed_batch_rows_fails_every_image_of_the_batch(exception, message):
 
 def test_failed_batch_rows_bounds_a_long_message():
     out = list(failed_batch_rows(([_regions("a.png", 1)], RuntimeError("x" * 5000))))
-    assert out[1].error == "1 of 1 regions failed: RuntimeError: " + "x" * (500 - 14)
+    error = out[1].error
+    assert len(error) == MESSAGE_LIMIT and error.endswith("\u2026")  # cut where every row is
+    assert error.startswith("1 of 1 regions failed: RuntimeError: xxx")
 
 
 def _image_dict(name: str, status: str = STATUS_OK, stage=None, fingerprint="fp-1") -> dict:

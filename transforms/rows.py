@@ -14,8 +14,10 @@ from transforms.records import (
     STATUS_ERROR,
     STATUS_OK,
     DetectionRow,
+    ErrorStage,
     ImageRegions,
     ImageRow,
+    short_message,
 )
 from transforms.regions import IMAGES_TAG  # final images rows, as CropRegions' second output
 
@@ -92,8 +94,9 @@ def image_row(image: ImageRegions, classify_errors: Sequence[str]) -> ImageRow:
                         height=image.height, num_detections=regions)
     return ImageRow(
         image_path=image.image_path, status=STATUS_ERROR, width=image.width,
-        height=image.height, error_stage="classify",
-        error=f"{len(classify_errors)} of {regions} regions failed: {classify_errors[0]}"[:1000],
+        height=image.height, error_stage=ErrorStage.CLASSIFY.value,
+        error=short_message(f"{len(classify_errors)} of {regions} regions failed: "
+                            f"{classify_errors[0]}"),
         num_detections=regions - len(classify_errors))
 
 
@@ -109,4 +112,4 @@ def failed_batch_rows(failed) -> Iterator[object]:
     beam.metrics.Metrics.counter(METRICS_NAMESPACE, "regions_failed_classify").inc(regions)
     yield beam.pvalue.TaggedOutput(FAILED_REGIONS_TAG, regions)
     for image in batch:
-        yield image_row(image, [message[:500]] * len(image.regions))
+        yield image_row(image, [message] * len(image.regions))
