@@ -13,8 +13,8 @@ The protocol, in one output folder (names in ``transforms/output_folder.py``):
 3. After the last step the launcher writes ``_SUCCESS`` and ``run.json`` from every commit.
 
 A resume first deletes commit part files that no record names and Beam's temporary folders
-(what a crash in the middle of a commit leaves), then goes on from step 1. A lock file, created
-with ``O_EXCL``, keeps a second run of the same command out of a folder while one is running.
+(what a crash in the middle of a commit leaves), then goes on from step 1. The launcher holds
+the folder's lock (``beam_pipeline.run_lock``) around all of it: one run at a time.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from beam_pipeline.commit_records import (
     resumable,
     write_commit,
 )
-from beam_pipeline.run_lock import RunLock, RunLocked
 from beam_pipeline.selection import committed_set, done_set, list_input, select_paths
 from transforms import output_folder
 from transforms.records import short_message
@@ -44,8 +43,6 @@ __all__ = [
     "AUTO",
     "DEFAULT_LOCAL_COMMIT_EVERY",
     "LOCAL_RUNNERS",
-    "RunLock",
-    "RunLocked",
     "RunStopped",
     "commit_every",
     "fingerprint_difference",
@@ -111,41 +108,40 @@ def run_in_commits(config: Any, run_step: Callable[[Any], dict[str, float]], *,
     ``run_step(step_config)`` (one pipeline, returning its metrics), then writes ``_SUCCESS``
     and ``run.json`` from every commit. Returns the metrics summed over the steps, with
     ``images_resumed`` and ``images_skipped``. Raises RunStopped when a step fails (its
-    leftovers deleted, earlier commits kept) and RunLocked when another run holds the folder.
+    leftovers deleted, earlier commits kept). The caller holds the folder's lock (``main.run``).
     """
     from beam_pipeline.run_identity import utc_now
 
     run, select = config.run, config.select
     output, every = run.output, run.commit_every
-    with RunLock(output):
-        earlier = _earlier_commits(output, run)
-        chosen = select_paths(
-            select.input, sample=select.sample, held=committed_set(output, earlier),
-            done=done_set(select.done_tables, run.fingerprint) if select.done_tables else None)
-        todo = chosen.todo
-        if progress_folder:
-            write_queued(progress_folder, len(todo))
-        first = (earlier[-1]["commit"] + 1) if earlier else 0
-        header = {"run_id": run.run_id, "fingerprint": run.fingerprint,
-                  "fingerprint_parts": dict(run.fingerprint_parts),
-                  "started": run.record.get("started"),
-                  "commit_every": "auto" if every == AUTO else every, "attempt": utc_now()}
-        values: dict[str, float] = {}
-        position, last, index = 0, None, first
-        # Nothing to do and nothing committed: one empty step still writes the empty tables.
-        while position < len(todo) or (index == first and not earlier):
-            paths = todo[position:position + next_step_size(every, last)]
-            began = time.monotonic()
-            try:
-                _add(values, run_step(_step_config(config, paths, index, header)))
-            except Exception as exc:  # pylint: disable=broad-except
-                where = (f"step {index - first + 1}, images {position + 1}-"
-                         f"{position + len(paths)} of the {len(todo)} to do")
-                raise _stopped(output, where, exc) from exc
-            last = (len(paths), time.monotonic() - began)
-            position += len(paths)
-            index += 1
-        _finish(config, header, resumed=chosen.resumed, skipped=chosen.skipped)
+    earlier = _earlier_commits(output, run)
+    chosen = select_paths(
+        select.input, sample=select.sample, held=committed_set(output, earlier),
+        done=done_set(select.done_tables, run.fingerprint) if select.done_tables else None)
+    todo = chosen.todo
+    if progress_folder:
+        write_queued(progress_folder, len(todo))
+    first = (earlier[-1]["commit"] + 1) if earlier else 0
+    header = {"run_id": run.run_id, "fingerprint": run.fingerprint,
+              "fingerprint_parts": dict(run.fingerprint_parts),
+              "started": run.record.get("started"),
+              "commit_every": "auto" if every == AUTO else every, "attempt": utc_now()}
+    values: dict[str, float] = {}
+    position, last, index = 0, None, first
+    # Nothing to do and nothing committed: one empty step still writes the empty tables.
+    while position < len(todo) or (index == first and not earlier):
+        paths = todo[position:position + next_step_size(every, last)]
+        began = time.monotonic()
+        try:
+            _add(values, run_step(_step_config(config, paths, index, header)))
+        except Exception as exc:  # pylint: disable=broad-except
+            where = (f"step {index - first + 1}, images {position + 1}-"
+                     f"{position + len(paths)} of the {len(todo)} to do")
+            raise _stopped(output, where, exc) from exc
+        last = (len(paths), time.monotonic() - began)
+        position += len(paths)
+        index += 1
+    _finish(config, header, resumed=chosen.resumed, skipped=chosen.skipped)
     # Like Beam's counters, only what counted something (an uninterrupted run in steps reports
     # what the same run as one pipeline does).
     extra = {**chosen.counts, "images_resumed": chosen.resumed, "commits_resumed": len(earlier),

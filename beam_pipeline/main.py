@@ -41,38 +41,45 @@ def _is_local(options) -> bool:
 
 def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     """Runs the job with command-line ``argv``; returns its metrics (empty when the runner
-    does not report them). Raises ConfigError before any work on a configuration mistake, and
-    ErrorGateFailed after the rows and the run record are written when the gate fails."""
+    does not report them). Raises ConfigError before any work on a configuration mistake,
+    RunLocked (nothing deleted or written) when another live run holds a local ``--output``,
+    and ErrorGateFailed after the rows and the run record are written when the gate fails.
+
+    The output folder's lock is held from before ``--overwrite`` deletes anything until the
+    run has finished, and released however it ends (docs/commits.md)."""
+    from beam_pipeline.options import DetectClassifyOptions
+    from beam_pipeline.run_lock import RunLock
     from beam_pipeline.run_record import ErrorGateFailed, gate_line, gate_passed, read_run_record
     from beam_pipeline.summary import format_summary
 
     start = time.monotonic()
     argv = list(argv) if argv is not None else sys.argv[1:]
     options, config = _configure(argv)
-    options, config, workers = _local_settings(argv, options, config)
-    started = time.monotonic()
-    values = _execute(options, config, workers=workers, local=_is_local(options))
     output = config.run.output
-    record = _record_or_none(read_run_record, output)
-    print(format_summary(values, record, config, startup_s=started - start,
-                         run_s=time.monotonic() - started), flush=True)
-    if not gate_passed(record):
-        raise ErrorGateFailed(gate_line(record, output))
+    overwrite = bool(options.view_as(DetectClassifyOptions).overwrite)
+    with RunLock(output, overwrite=overwrite):
+        if overwrite:
+            _delete_earlier_run(output)
+        options, config, workers = _local_settings(argv, options, config)
+        started = time.monotonic()
+        values = _execute(options, config, workers=workers, local=_is_local(options))
+        record = _record_or_none(read_run_record, output)
+        print(format_summary(values, record, config, startup_s=started - start,
+                             run_s=time.monotonic() - started), flush=True)
+        if not gate_passed(record):
+            raise ErrorGateFailed(gate_line(record, output))
     return values
 
 
 def _configure(argv: list[str]):
-    """Options parsed, checked and planned; then, with --overwrite, the earlier run's files
-    deleted (only once every check has passed, and only files this job writes)."""
+    """Options parsed, checked and planned; nothing in ``--output`` changed but what
+    validation needs (``beam_pipeline.validation``)."""
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_pipeline.options import DetectClassifyOptions, unknown_flags
     from beam_pipeline.planning import plan
-    from beam_pipeline.run_lock import refuse_if_locked
     from beam_pipeline.validation import ConfigError, removing_created_output, validate
-    from transforms.output_folder import delete_tables
-    from transforms.records import short_list
 
     options = PipelineOptions(argv)
     job = options.view_as(DetectClassifyOptions)
@@ -85,13 +92,19 @@ def _configure(argv: list[str]):
     FileSystems.set_options(options)
     with removing_created_output(job.output):
         config = plan(job, validate(job))
-    if job.overwrite:
-        refuse_if_locked(job.output)  # a live run's files are never deleted under it
-        left = delete_tables(job.output)
-        if left:
-            print(f"note: --overwrite deleted only this job's files in {job.output}; left "
-                  f"alone: {short_list(left)}", file=sys.stderr)
     return options, config
+
+
+def _delete_earlier_run(output: str) -> None:
+    """``--overwrite``: the earlier run's files deleted, only files this job writes; called once
+    every check has passed and with the folder's lock held, so never under a live run."""
+    from transforms.output_folder import delete_tables
+    from transforms.records import short_list
+
+    left = delete_tables(output)
+    if left:
+        print(f"note: --overwrite deleted only this job's files in {output}; left alone: "
+              f"{short_list(left)}", file=sys.stderr)
 
 
 def _local_settings(argv: list[str], options, config):
@@ -126,7 +139,7 @@ def _execute(options, config, *, workers: bool, local: bool) -> dict[str, float]
     ``local``: one machine (``LOCAL_RUNNERS``), where the launcher selects the paths."""
     import apache_beam as beam
 
-    from beam_pipeline.commits import RunLocked, RunStopped, run_in_commits, write_queued
+    from beam_pipeline.commits import RunStopped, run_in_commits, write_queued
     from beam_pipeline.pipeline import build_pipeline
     from beam_pipeline.progress import ProgressPrinter
     from beam_pipeline.run_record import ErrorGateFailed, gate_line, gate_passed, read_run_record
@@ -156,7 +169,7 @@ def _execute(options, config, *, workers: bool, local: bool) -> dict[str, float]
                 return {**values, **{name: values.get(name, 0) + value
                                      for name, value in counted.items()}}
             return run_graph(config)
-    except (RunStopped, RunLocked):
+    except RunStopped:
         raise  # committed work is kept: nothing here is deleted
     except Exception as exc:
         record = _record_or_none(read_run_record, output)
@@ -217,7 +230,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         # Missing required flags and bad values: argparse's usage line under this program's
         # name and exit 2 (Beam's own options are checked by run()).
         known, _ = job_parser().parse_known_args(argv)
-        from beam_pipeline.commits import RunLocked, RunStopped
+        from beam_pipeline.commits import RunStopped
+        from beam_pipeline.run_lock import RunLocked
         from beam_pipeline.run_record import ErrorGateFailed
         from beam_pipeline.validation import ConfigError
 

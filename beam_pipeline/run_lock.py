@@ -1,4 +1,5 @@
-"""The lock of an output folder: one run at a time writes it (``OUTPUT/_run.lock``)."""
+"""The lock of an output folder: one run at a time writes it (``OUTPUT/_run.lock``), held by
+the launcher from before ``--overwrite`` deletes anything to the run's end (docs/commits.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Optional
 from transforms import output_folder
 from transforms.paths import local_path
 
-__all__ = ["RunLock", "RunLocked", "refuse_if_locked"]
+__all__ = ["RunLock", "RunLocked"]
 
 
 class RunLocked(RuntimeError):
@@ -30,10 +31,16 @@ class RunLock:
 
     A lock whose process is gone (same host, pid not alive) is stale and taken over. Object
     stores have no exclusive create: there the lock is not taken (docs/commits.md).
+
+    Args:
+        output: the run's ``--output``.
+        overwrite: the run deletes an earlier run's files once it holds the lock; a refusal
+            then says that nothing was deleted.
     """
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, *, overwrite: bool = False):
         self._output = output
+        self._overwrite = overwrite
         self._path: Optional[str] = None
 
     def __enter__(self) -> "RunLock":
@@ -48,11 +55,7 @@ class RunLock:
             except FileExistsError:
                 holder = _lock_holder(path)
                 if holder is not None and not _is_stale(holder):
-                    raise RunLocked(
-                        f"--output {self._output} is being written by another run (pid "
-                        f"{holder.get('pid')} on {holder.get('host')} since "
-                        f"{holder.get('since')}); wait for it to finish, or if no such run is "
-                        f"alive delete {path}") from None
+                    raise RunLocked(self._refusal(holder, path)) from None
                 try:
                     os.unlink(path)  # stale: its process is gone
                 except FileNotFoundError:
@@ -64,7 +67,14 @@ class RunLock:
             self._path = path
             return self
         raise RunLocked(f"--output {self._output}: cannot take {path}; another run is "
-                        "starting in this folder")
+                        "starting in this folder" + ("; --overwrite deleted nothing"
+                                                     if self._overwrite else ""))
+
+    def _refusal(self, holder: Mapping[str, Any], path: str) -> str:
+        deletes = "--overwrite deletes nothing while it runs: " if self._overwrite else ""
+        return (f"--output {self._output} is being written by another run (pid "
+                f"{holder.get('pid')} on {holder.get('host')} since {holder.get('since')}); "
+                f"{deletes}wait for it to finish, or if no such run is alive delete {path}")
 
     def __exit__(self, *exc_info) -> None:
         if self._path is not None:
@@ -73,23 +83,6 @@ class RunLock:
             except FileNotFoundError:
                 pass
             self._path = None
-
-
-def refuse_if_locked(output: str) -> None:
-    """Raises RunLocked when a live run holds ``output``'s lock (a stale lock is ignored): what
-    --overwrite checks before it deletes anything, so it never deletes a running run's files."""
-    folder = local_path(output)
-    if folder is None:
-        return
-    path = os.path.join(folder, output_folder.RUN_LOCK)
-    if not os.path.exists(path):
-        return
-    holder = _lock_holder(path)
-    if holder is not None and not _is_stale(holder):
-        raise RunLocked(
-            f"--output {output} is being written by another run (pid {holder.get('pid')} on "
-            f"{holder.get('host')} since {holder.get('since')}); --overwrite deletes nothing "
-            f"while it runs: wait for it to finish, or if no such run is alive delete {path}")
 
 
 def _lock_holder(path: str) -> Optional[dict[str, Any]]:

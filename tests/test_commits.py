@@ -1,13 +1,11 @@
-"""Committed progress: commit records, the lock, resuming with the same command, a step that
-fails while committing, and other settings against an unfinished run."""
+"""Committed progress: commit records, resuming with the same command, a step that fails while
+committing, and other settings against an unfinished run (the lock: tests/test_run_lock.py)."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
-import subprocess
-import sys
 
 import pyarrow.dataset as ds
 import pytest
@@ -20,8 +18,6 @@ from beam_pipeline.commits import (
     FIRST_AUTO_STEP,
     MAX_AUTO_STEP,
     MIN_AUTO_STEP,
-    RunLock,
-    RunLocked,
     commit_every,
     fingerprint_difference,
     list_input,
@@ -104,22 +100,6 @@ def test_resumable_only_with_commits_or_a_first_steps_leftovers(tmp_path):
     assert not resumable(str(tmp_path))  # a run without commits: not ours to resume
     _commit_folder(tmp_path, 0, [])
     assert resumable(str(tmp_path))
-
-
-def test_lock_refuses_a_live_run_and_takes_over_a_dead_ones(tmp_path):
-    with RunLock(str(tmp_path)):
-        with pytest.raises(RunLocked, match=rf"being written by another run \(pid {os.getpid()}"):
-            with RunLock(str(tmp_path)):
-                pass
-    assert not (tmp_path / "_run.lock").exists()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    import socket
-
-    (tmp_path / "_run.lock").write_text(json.dumps(
-        {"pid": dead.pid, "host": socket.gethostname(), "since": "earlier"}))
-    with RunLock(str(tmp_path)):
-        assert json.loads((tmp_path / "_run.lock").read_text())["pid"] == os.getpid()
 
 
 def test_list_input_lists_as_the_pipeline_does(tmp_path):

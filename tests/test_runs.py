@@ -185,6 +185,7 @@ def test_error_gate_writes_everything_then_exits_3(models_dir, image_dir, tmp_pa
     assert record["status"] == "complete"
     assert record["error_gate"] == {"max_error_fraction": 0.2, "passed": False}
     assert len(_paths(out)) == 4 and len(read_table(out, "detections")) == 9
+    assert not (out / "_run.lock").exists()  # held through the gate, released after it
 
 
 @pytest.mark.e2e

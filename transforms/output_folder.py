@@ -2,9 +2,10 @@
 list them, and the only code that deletes there.
 
 An output folder holds one run: ``detections/`` and ``images/`` (Parquet part files),
-``_SUCCESS``, ``run.json`` (written last), and while a local run commits in steps
-``_commits/`` and ``_run.lock``. Everything that deletes in ``--output`` deletes only these
-names, never through a link (``delete_tables``, ``delete_uncommitted``).
+``_SUCCESS``, ``run.json`` (written last), ``_commits/`` when a local run commits in steps, and
+``_run.lock`` while a run writes a local folder. Everything that deletes in ``--output`` deletes
+only these names, never through a link and never the lock (``delete_tables``,
+``delete_uncommitted``).
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ RUN_RECORD = "run.json"
 # Committed progress (beam_pipeline.commits): each commit's final part files in the tables are
 # named COMMIT_PART_PREFIX + its 5-digit index (``images/part-c00003-00000-of-00001.parquet``),
 # its record is ``COMMITS/commit-00003.json`` (written last, by temp + rename: a commit without
-# its record is absent), and RUN_LOCK (pid and host of the run writing the folder) keeps a
-# second run of the same command out while one is running.
+# its record is absent). RUN_LOCK (pid and host of the run writing a local folder,
+# beam_pipeline.run_lock) keeps a second run out while one is running; it is its holder's to
+# remove, so nothing here deletes it.
 COMMITS = "_commits"
 COMMIT_RECORD = "commit-{index:05d}.json"
 COMMIT_PART_PREFIX = "part-c"
@@ -129,9 +131,11 @@ def delete_tables(output: str) -> list[str]:
     """Deletes what a run of this job wrote in ``output``: the run record first (so an
     interrupted delete never leaves a folder that looks complete), the success marker, then
     the part files and temporary folders of the tables; a table folder left empty goes too.
-    Nothing else is touched. Returns the paths left alone (``OutputListing.others``)."""
+    Nothing else is touched, the run lock neither (the caller's run holds it). Returns the
+    paths left alone (``OutputListing.others``)."""
     listing = list_output(output)
-    first = sorted(listing.ours, key=lambda path: not path.endswith("/" + RUN_RECORD))
+    ours = [path for path in listing.ours if not path.endswith("/" + RUN_LOCK)]
+    first = sorted(ours, key=lambda path: not path.endswith("/" + RUN_RECORD))
     root = local_path(output)
     for path in first:
         if root is not None and os.path.isdir(path):
