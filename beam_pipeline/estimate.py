@@ -65,10 +65,12 @@ def _checked(argv: list[str], work: str):
     """The options and plan of the command, every check passed (ConfigError otherwise), with
     the temporary folder as its output: the command's own ``--output`` is never looked at."""
     from beam_pipeline.main import _configure, _is_local_direct
+    from transforms import model_cache
 
     probe = [*_drop_flags(argv, ("--output", "--estimate", "--overwrite")),
              "--output", os.path.join(work, "checks")]
     options, config = _configure(probe)
+    model_cache.forget()  # the sample runs in a process of its own
     if not _is_local_direct(options):
         raise ConfigError("--estimate measures on this machine's DirectRunner: leave out "
                           "--runner (the vCPU-hours it prints hold for any runner's workers "

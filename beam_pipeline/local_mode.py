@@ -28,8 +28,10 @@ from transforms.tf_runtime import THREADS_ENV, threads_per_process, usable_cores
 __all__ = ["LONG_INPUT_IMAGES", "LocalMode", "choose_local_mode", "count_inputs_up_to",
            "usable_cores"]
 
-# At or above this many input paths a local run uses one worker process per core.
-LONG_INPUT_IMAGES = 1000
+# At or above this many input paths a local run uses one worker process per core: where two
+# workers overtook one process on 2 cores with the benchmark's models (about 760 images,
+# docs/performance.md, "Short runs").
+LONG_INPUT_IMAGES = 750
 # Each worker process holds TensorFlow and both models (about 0.8 GB with the bundled ones).
 MAX_AUTO_WORKERS = 8
 _BEAM_FLAGS = ("--direct_running_mode", "--direct_num_workers")

@@ -51,23 +51,29 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     from beam_pipeline.run_lock import RunLock
     from beam_pipeline.run_record import ErrorGateFailed, gate_line, gate_passed, read_run_record
     from beam_pipeline.summary import format_summary
+    from transforms import model_cache
 
     start = time.monotonic()
     argv = list(argv) if argv is not None else sys.argv[1:]
-    options, config = _configure(argv)
-    output = config.run.output
-    overwrite = bool(options.view_as(DetectClassifyOptions).overwrite)
-    with RunLock(output, overwrite=overwrite):
-        if overwrite:
-            _delete_earlier_run(output)
-        options, config, workers = _local_settings(argv, options, config)
-        started = time.monotonic()
-        values = _execute(options, config, workers=workers, local=_is_local(options))
-        record = _record_or_none(read_run_record, output)
-        print(format_summary(values, record, config, startup_s=started - start,
-                             run_s=time.monotonic() - started), flush=True)
-        if not gate_passed(record):
-            raise ErrorGateFailed(gate_line(record, output))
+    try:
+        options, config = _configure(argv)  # loads both models: kept for this process's use
+        output = config.run.output
+        overwrite = bool(options.view_as(DetectClassifyOptions).overwrite)
+        with RunLock(output, overwrite=overwrite):
+            if overwrite:
+                _delete_earlier_run(output)
+            options, config, workers = _local_settings(argv, options, config)
+            if workers:
+                model_cache.forget()  # worker processes load their own
+            started = time.monotonic()
+            values = _execute(options, config, workers=workers, local=_is_local(options))
+            record = _record_or_none(read_run_record, output)
+            print(format_summary(values, record, config, startup_s=started - start,
+                                 run_s=time.monotonic() - started), flush=True)
+            if not gate_passed(record):
+                raise ErrorGateFailed(gate_line(record, output))
+    finally:
+        model_cache.forget()
     return values
 
 

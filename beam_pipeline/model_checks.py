@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, Optional
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.errors import ConfigError
+from transforms import model_cache
 from transforms.labels import LabelError, read_label_map, read_labels
 from transforms.model_files import (
     DEFAULT_CLASSIFIER,
@@ -139,9 +140,13 @@ def _load_detector(opts: Any) -> tuple[Any, str]:
         raise ConfigError(f"--detector_model {opts.detector_model} is not a usable OD API "
                           f"SavedModel: {_first_line(exc)}") from exc
     try:  # proves how its boxes are expressed: nothing is ever read in the wrong units
-        return detector, detector.prove_box_format()
+        box_format = detector.prove_box_format()
     except ValueError as exc:
         raise ConfigError(f"--detector_model {opts.detector_model}: {_first_line(exc)}") from exc
+    # The handler is given the proven convention: a pipeline in this process reuses the model.
+    model_cache.keep("detector", local_model_path(opts.detector_model), detector,
+                     box_format=box_format)
+    return detector, box_format
 
 
 def _checked_classifier(opts: Any, labels: Sequence[str], labels_path: str) -> tuple[int, int]:
@@ -163,6 +168,8 @@ def _checked_classifier(opts: Any, labels: Sequence[str], labels_path: str) -> t
         raise ConfigError(f"--classifier_labels {labels_path} has {len(labels)} labels but the "
                           f"classifier has {classifier.num_classes} outputs; give one label per "
                           "output, in order")
+    model_cache.keep("classifier", local_model_path(opts.classifier_model), classifier,
+                     safe_mode=not opts.unsafe_keras_deserialization)
     return int(classifier.input_height), int(classifier.input_width)
 
 

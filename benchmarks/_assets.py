@@ -90,18 +90,9 @@ def build_detector(path: str, *, kind: str, delay_ms: int = 0) -> str:
     """
     if _cached(path):
         return path
-    import keras
     import tensorflow as tf
 
-    size = {"mnv2": 320, "tiny": 64, "free": 0}[kind]
-    if kind == "mnv2":
-        net = keras.applications.MobileNetV2(weights=None, include_top=False,
-                                             input_shape=(size, size, 3))
-    elif kind == "tiny":
-        net = keras.Sequential([keras.Input((size, size, 3)),
-                                keras.layers.Conv2D(8, 3, strides=2, activation="relu")])
-    else:
-        net = None
+    net, size = _backbone(kind)
     boxes = tf.constant(BOXES[:FREE_REGIONS] if net is None else BOXES)
     count = int(boxes.shape[0])
     kept = FREE_REGIONS if net is None else KEPT_REGIONS
@@ -137,13 +128,33 @@ def build_detector(path: str, *, kind: str, delay_ms: int = 0) -> str:
                 "num_detections": tf.constant([float(count)]),
             }
 
-    module = Detector()
+    return _save_in_place(Detector(), path)
+
+
+def _backbone(kind: str):
+    """The detector's network and its input side: MobileNetV2, one conv, or none."""
+    import keras
+
+    size = {"mnv2": 320, "tiny": 64, "free": 0}[kind]
+    if kind == "mnv2":
+        return keras.applications.MobileNetV2(weights=None, include_top=False,
+                                              input_shape=(size, size, 3)), size
+    if kind == "tiny":
+        return keras.Sequential([keras.Input((size, size, 3)),
+                                 keras.layers.Conv2D(8, 3, strides=2, activation="relu")]), size
+    return None, size
+
+
+def _save_in_place(module, path: str) -> str:
+    """``module`` saved beside ``path``, with its progress sidecar, then moved onto it."""
+    import shutil
+
+    import tensorflow as tf
+
     tf.saved_model.save(module, path + ".tmp", signatures={"serving_default": module.__call__})
     with open(os.path.join(path + ".tmp", _PROGRESS_SIDECAR), "w") as handle:
         handle.write(progress_log(path) + "\n")
     if os.path.exists(path):
-        import shutil
-
         shutil.rmtree(path)
     os.replace(path + ".tmp", path)
     return path

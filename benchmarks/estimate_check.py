@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python -m benchmarks.estimate_check --images 3000 [--rounds 1] [--out DIR]
+        [--estimate_images 96 300]
 
 Images: ``training.generate``'s wafer images (640x480 PNG, seed 7) in ``OUT/data/images``,
 generated when absent; the bundled models. Each round runs ``python -m beam_pipeline --input
@@ -40,29 +41,44 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
 
 
-def round_lines(images: str, output: str, deadline: float) -> list[str]:
-    """One round: the estimate, then the run; a line each and the errors."""
+def _estimate(argv: list[str], deadline: float, sample: int | None) -> tuple:
+    """One ``--estimate`` of ``argv`` (``sample`` images, the job's default when None): its
+    printed lines, the predicted wall and CPU seconds, and its own measured run."""
+    flags = [f"--estimate_images={sample}"] if sample else []
+    estimate = measure([sys.executable, "-m", "beam_pipeline", *argv, "--estimate",
+                        f"--deadline_hours={deadline}", *flags], cwd=ROOT, env=_env(),
+                       progress=None)
+    printed = estimate.stdout.strip().splitlines()
+    found = PREDICTED.search("\n".join(printed))
+    if found is None or os.path.exists(argv[argv.index("--output") + 1]):
+        raise RuntimeError("the estimate printed no prediction or wrote to --output:\n"
+                           + "\n".join(printed))
+    return printed, float(found.group(1)), float(found.group(2)), estimate
+
+
+def round_lines(images: str, output: str, deadline: float,
+                samples: list[int | None]) -> list[str]:
+    """One round: an estimate per sample size, then the run; their lines and the errors."""
     load = load_average()
     shutil.rmtree(output, ignore_errors=True)
     argv = ["--input", images, "--output", output]
-    estimate = measure([sys.executable, "-m", "beam_pipeline", *argv, "--estimate",
-                        f"--deadline_hours={deadline}"], cwd=ROOT, env=_env(), progress=None)
-    printed = estimate.stdout.strip().splitlines()
-    found = PREDICTED.search("\n".join(printed))
-    if found is None or os.path.exists(output):
-        raise RuntimeError("the estimate printed no prediction or wrote to --output:\n"
-                           + "\n".join(printed))
-    wall, cpu = float(found.group(1)), float(found.group(2))
+    estimates = [(sample, *_estimate(argv, deadline, sample)) for sample in samples]
     run = measure([sys.executable, "-m", "beam_pipeline", *argv], cwd=ROOT, env=_env(),
                   progress=None)
     run_wall = run.end - run.start
-    return [*("  " + line for line in printed),
-            f"estimate itself: {estimate.end - estimate.start:.1f} s wall, "
-            f"{estimate.cpu:.1f} CPU s",
-            f"run: {run_wall:.1f} s wall, {run.cpu:.1f} CPU s, peak RSS "
-            f"{run.peak_rss / 2**20:.0f} MB; load {load:.1f} -> {load_average():.1f}",
-            f"error: wall {100 * (wall - run_wall) / run_wall:+.1f}% ({wall:.0f} s predicted), "
-            f"CPU {100 * (cpu - run.cpu) / run.cpu:+.1f}% ({cpu:.0f} CPU s predicted)"]
+    lines = []
+    for sample, printed, wall, cpu, estimate in estimates:
+        name = f"--estimate_images={sample}" if sample else "default --estimate_images"
+        lines += [f" {name}:", *("  " + line for line in printed),
+                  f"  estimate itself: {estimate.end - estimate.start:.1f} s wall, "
+                  f"{estimate.cpu:.1f} CPU s"]
+    lines.append(f"run: {run_wall:.1f} s wall, {run.cpu:.1f} CPU s, peak RSS "
+                 f"{run.peak_rss / 2**20:.0f} MB; load {load:.1f} -> {load_average():.1f}")
+    for sample, _, wall, cpu, _ in estimates:
+        lines.append(f"error ({sample or 'default'} sample images): wall "
+                     f"{100 * (wall - run_wall) / run_wall:+.1f}% ({wall:.0f} s predicted), "
+                     f"CPU {100 * (cpu - run.cpu) / run.cpu:+.1f}% ({cpu:.0f} CPU s predicted)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--deadline_hours", type=float, default=1.0)
+    parser.add_argument("--estimate_images", type=int, nargs="+",
+                        help="sample sizes to estimate with, each before the same run "
+                             "(default: the job's own --estimate_images)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out", "estimate"))
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
@@ -78,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; {args.images} images", flush=True)
     for index in range(args.rounds):
         print(f"round {index + 1}:", flush=True)
-        print("\n".join(round_lines(images, os.path.join(out, "run"), args.deadline_hours)),
-              flush=True)
+        print("\n".join(round_lines(images, os.path.join(out, "run"), args.deadline_hours,
+                                     args.estimate_images or [None])), flush=True)
 
 
 if __name__ == "__main__":

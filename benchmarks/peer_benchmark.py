@@ -16,7 +16,10 @@ classifier):
   its local mode itself);
 - (d) the same command with ``BDC_THREADS=0``: every process keeps TensorFlow's and OpenCV's
   own thread-pool defaults (every core), as before the job sized them per worker (only with
-  ``--variants ...d``: the before/after of that change, interleaved).
+  ``--variants ...d``: the before/after of that change, interleaved);
+- (e) and (f), only when named: the command held in process (``--direct_running_mode=
+  in_memory``) and with one ``multi_processing`` worker per usable core, whatever the input's
+  size: where the default's threshold between the two comes from.
 
 Rounds are interleaved (a b c, a b c, ...) and each ratio is paired within its round. Wall
 time is the whole process's (start-up, model loading and writes included); CPU is the process
@@ -45,9 +48,25 @@ VARIANTS = {
     "b": "(b) tf.data pipeline",
     "c": "(c) job default command",
     "d": "(d) job, library threads",
+    "e": "(e) job in process",
+    "f": "(f) job, worker per core",
 }
+JOB_VARIANTS = ("c", "d", "e", "f")
 # Extra environment per variant.
 ENV = {"d": {"BDC_THREADS": "0"}}
+
+
+def _flags(variant: str) -> list[str]:
+    """Beam's own flags that fix the local mode, for the variants that do (the choice the
+    default makes from the input's size, re-derived)."""
+    if variant == "e":
+        return ["--direct_running_mode=in_memory"]
+    if variant == "f":
+        from transforms.tf_runtime import usable_cores
+
+        return ["--direct_running_mode=multi_processing",
+                f"--direct_num_workers={usable_cores()}"]
+    return []
 MIN_SCORE = "0.5"
 BOX_TOLERANCE = 1e-4  # normalized box coordinates
 SCORE_TOLERANCE = 1e-4  # detector scores and classifier confidences
@@ -63,7 +82,7 @@ def command(variant: str, manifest: str, models: Mapping[str, str], output: str)
                 manifest, models["detector"], models["classifier"], models["labels"], output]
     return [sys.executable, "-m", "beam_pipeline", "--input", manifest, "--output", output,
             "--detector_model", models["detector"], "--classifier_model", models["classifier"],
-            "--classifier_labels", models["labels"], "--min_score", MIN_SCORE]
+            "--classifier_labels", models["labels"], "--min_score", MIN_SCORE, *_flags(variant)]
 
 
 def read_rows(output: str) -> dict[str, list[tuple]]:
@@ -124,7 +143,7 @@ def run_once(variant: str, images: int, assets: Mapping, out: str, cores: float)
     run = measure(cmd, cwd=ROOT, env=env, progress=progress_log(models["detector"]))
     figures = whole_process(run, images, cores)
     figures.update(load=(load_before, load_average()), rows=read_rows(output),
-                   choice=job_choice(output) if variant in ("c", "d") else "")
+                   choice=job_choice(output) if variant in JOB_VARIANTS else "")
     if len(figures["rows"]) != images:
         raise RowsDisagree(f"{VARIANTS[variant]}: rows for {len(figures['rows'])} of {images} "
                            "images (every benchmark image has regions)")
@@ -136,6 +155,11 @@ def spread(values: Sequence[float], spec: str = ".1f") -> str:
         return "-"
     return (f"{format(statistics.median(values), spec)} "
             f"[{format(min(values), spec)}-{format(max(values), spec)}]")
+
+
+def _ratio(values: Sequence[float]) -> str:
+    """The median of paired ratios, ``-`` when the variant it is paired with did not run."""
+    return f"{statistics.median(values):.2f}x" if values else "-"
 
 
 def _median(values: Sequence[float]) -> str:
@@ -172,9 +196,9 @@ def format_table(results: Mapping[int, Mapping[str, list[dict]]], cores: float) 
                 f"{statistics.median(r['cores_busy'] for r in runs):>5.2f} "
                 f"{_median(first):>9} {_median(first_cpu):>12} "
                 f"{rss:>6.0f} "
-                f"{statistics.median(peer):>11.2f}x {statistics.median(loop_cpu):>10.2f}x "
+                f"{_ratio(peer):>12} {_ratio(loop_cpu):>11} "
                 f"{load:>9}")
-            if variant != "a" and len(runs) > 1:
+            if variant != "a" and len(runs) > 1 and peer and loop_cpu:
                 notes.append(f"  {images} images, {label}: (b)/row wall per round "
                              + " ".join(f"{v:.2f}" for v in peer) + "; row/(a) CPU per round "
                              + " ".join(f"{v:.2f}" for v in loop_cpu))
@@ -197,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="image counts, e.g. 300 1200 3000 (default 300: a few minutes)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per size")
     parser.add_argument("--variants", default="abc",
-                        help="which variants to run, e.g. 'bc' or 'abcd'")
+                        help="which variants to run, e.g. 'bc', 'abcd' or 'abef'")
     parser.add_argument("--tiny", action="store_true", help="tiny detector (smoke tests)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out"))
     parser.add_argument("--json", help="also write every run's figures to this file")

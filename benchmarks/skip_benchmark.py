@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--direct_running_mode", default="in_memory",
                         choices=("in_memory", "multi_threading", "multi_processing", "auto"),
                         help="the job's DirectRunner mode; auto: no flag, the job chooses "
-                             "(multi_processing, one worker per core, on 1000+ inputs)")
+                             "(multi_processing, one worker per core, on 750+ inputs)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the largest done row once (cProfile, CPU time)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out", "skip"))

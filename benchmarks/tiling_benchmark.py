@@ -256,46 +256,11 @@ def speed(seed: int, count: int, used: int, rounds: int) -> None:
           f"{ratios[-1]:.3f}")
 
 
-def _rss_mb() -> tuple[float, float]:
-    """(current, peak) resident memory of this process in MB (Linux ``/proc``)."""
-    with open("/proc/self/status") as handle:
-        fields = dict(line.split(":", 1) for line in handle)
-    return (int(fields["VmRSS"].split()[0]) / 1024.0, int(fields["VmHWM"].split()[0]) / 1024.0)
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-
-
-def memory_child(side: int, tile_size: int) -> None:
-    """In a fresh process: one ``side``-squared image, one warm-up tile, then detect_tiled."""
-    from training.generate import render_image
-    from transforms.detection import DetectorModel
-    from transforms.tiles import TilingConfig, detect_tiled, tile_grid
-
-    base, _ = render_image(4000, 0, SIZE, SIZE)
-    repeats = -(-side // SIZE)
-    image = np.ascontiguousarray(np.tile(base, (repeats, repeats, 1))[:side, :side])
-    del base
-    model = DetectorModel(BUNDLED)
-    model.detect([image[:tile_size, :tile_size]])  # trace at the tile size
-    before, _ = _rss_mb()
-    _reset_peak()
-    start = time.perf_counter()
-    found = detect_tiled(model, image, TilingConfig(tile_size=tile_size, overlap=OVERLAP))
-    seconds = time.perf_counter() - start
-    print(json.dumps({"side": side, "tile_size": tile_size, "image_mb": image.nbytes / 2**20,
-                      "tiles": len(tile_grid(side, side, tile_size, OVERLAP)),
-                      "detections": len(found.scores), "error": found.error,
-                      "seconds": seconds, "rss_before_mb": before,
-                      "peak_during_mb": _rss_mb()[1]}))
-
-
 def memory(side: int, tile_size: int) -> None:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run([sys.executable, "-m", "benchmarks.tiling_benchmark", "--memory_child",
-                           f"--side={side}", f"--tile_size={tile_size}"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "benchmarks._tiling_memory", f"--side={side}",
+                           f"--tile_size={tile_size}", f"--overlap={OVERLAP}",
+                           f"--base_size={SIZE}", f"--detector={BUNDLED}"], cwd=ROOT, env=env,
                           capture_output=True, text=True, check=True)
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"\nmemory, one {side}x{side} image ({figures['image_mb']:.0f} MB decoded), "
@@ -314,12 +279,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--side", type=int, default=10000, help="memory: image side")
     parser.add_argument("--tile_size", type=int, default=1024, help="memory: tile size")
-    parser.add_argument("--memory_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.memory_child:
-        memory_child(args.side, args.tile_size)
-        return
     os.makedirs(OUT, exist_ok=True)
     parts = args.parts.split(",")
     if "accuracy" in parts:

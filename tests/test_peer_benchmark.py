@@ -56,6 +56,14 @@ def test_format_table_prints_not_measurable_instead_of_figures():
     assert "x " not in row_c
 
 
+def test_format_table_without_the_peers_prints_no_ratio():
+    run = dict(whole_process(_run(cpu=15.0), 100, cores=2), load=(0.5, 0.6), choice="")
+    table = format_table({100: {"e": [run, run], "f": [run, run]}}, cores=2)
+    rows = [line for line in table.splitlines() if line.startswith(("(e)", "(f)"))]
+    assert len(rows) == 2 and all(line.split()[-3:-1] == ["-", "-"] for line in rows)
+    assert "per round" not in table
+
+
 @pytest.mark.e2e
 def test_peer_benchmark_runs_and_rows_agree(tmp_path):
     result = subprocess.run(

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from transforms import model_cache
 from transforms.boxes import resize_to
 from transforms.model_files import local_model_path
 from transforms.records import Classification, ImageRegions
@@ -161,7 +162,10 @@ class KerasClassifierModelHandler(ModelHandler[ImageRegions, PredictionResult, C
 
     def load_model(self) -> ClassifierModel:
         configure_tensorflow()
-        return ClassifierModel(local_model_path(self._model_path), safe_mode=self._safe_mode)
+        path = local_model_path(self._model_path)
+        kept = model_cache.reuse("classifier", path, safe_mode=self._safe_mode)
+        # The launcher's checks loaded it in this process (in process, LOOPBACK workers).
+        return kept if kept is not None else ClassifierModel(path, safe_mode=self._safe_mode)
 
     def run_inference(self, batch: Sequence[ImageRegions], model: ClassifierModel,
                       inference_args: Optional[dict[str, Any]] = None

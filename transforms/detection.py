@@ -17,6 +17,7 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from transforms import model_cache
 from transforms.box_formats import AUTO
 from transforms.detector_feeds import MIN_DETECTOR_SIDE, pad_for_detector, tf_example_bytes
 from transforms.detector_model import DetectorModel
@@ -74,7 +75,11 @@ class ObjectDetectionModelHandler(ModelHandler[DecodedImage, PredictionResult, D
 
     def load_model(self) -> DetectorModel:
         configure_tensorflow()
-        model = DetectorModel(local_model_path(self._model_path), box_format=self._box_format)
+        path = local_model_path(self._model_path)
+        kept = model_cache.reuse("detector", path, box_format=self._box_format)
+        if kept is not None:  # the launcher's checks loaded and proved it in this process
+            return kept
+        model = DetectorModel(path, box_format=self._box_format)
         if self._box_format == AUTO:
             model.prove_box_format()
         return model
