@@ -190,7 +190,7 @@ def _add_run_flags(group) -> None:
              "input, and the workers --deadline_hours needs. Nothing is written to "
              "--output. DirectRunner only (docs/performance.md).")
     _add(
-        group, "--estimate_images", "Estimate sample size", type=int, default=96,
+        group, "--estimate_images", "Estimate sample size", type=int, default=240,
         metavar="IMAGES",
         help="With --estimate: images in the sample (fewer when the input has fewer).")
     _add(
