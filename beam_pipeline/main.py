@@ -93,6 +93,10 @@ def _configure(argv: list[str]):
     if unknown:
         raise ConfigError(f"unknown option(s) {' '.join(unknown)}: check the spelling against "
                           "'python -m beam_pipeline --help' and Beam's pipeline options")
+    from beam_pipeline.run_lock import RunLock
+
+    if job.output:  # a live run's lock refuses before the models load
+        RunLock(job.output, overwrite=bool(job.overwrite)).refuse_if_held()
     # Validation reads models, manifests and the output folder before a Pipeline exists (which
     # is what normally hands the options to the filesystems): s3:// needs its endpoint and keys.
     FileSystems.set_options(options)

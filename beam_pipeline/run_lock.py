@@ -70,6 +70,19 @@ class RunLock:
                         "starting in this folder" + ("; --overwrite deleted nothing"
                                                      if self._overwrite else ""))
 
+    def refuse_if_held(self) -> None:
+        """Raises the refusal ``__enter__`` would, creating nothing, when a live run holds the
+        lock now: the launcher asks before its checks load the models, so that a second run is
+        refused in a moment and with this line, not another check's. The lock itself is still
+        taken later, with ``O_EXCL``."""
+        folder = local_path(self._output)
+        path = os.path.join(folder, output_folder.RUN_LOCK) if folder is not None else None
+        if path is None or not os.path.exists(path):
+            return
+        holder = _lock_holder(path)
+        if holder is not None and not _is_stale(holder):
+            raise RunLocked(self._refusal(holder, path))
+
     def _refusal(self, holder: Mapping[str, Any], path: str) -> str:
         deletes = "--overwrite deletes nothing while it runs: " if self._overwrite else ""
         return (f"--output {self._output} is being written by another run (pid "

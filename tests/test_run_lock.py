@@ -104,6 +104,23 @@ def test_a_run_refuses_a_live_lock_in_one_line_and_touches_nothing(
         f"error: --output {output} is being written by another run (pid {os.getpid()} on "), lines
 
 
+def test_a_live_lock_refuses_before_the_checks_load_the_models(models_dir, image_dir, tmp_path,
+                                                                monkeypatch, capsys):
+    import beam_pipeline.validation as validation
+
+    def loads_models(*_args, **_kwargs):
+        raise AssertionError("the checks ran (and loaded the models) under a live lock")
+
+    monkeypatch.setattr(validation, "validate", loads_models)
+    output = tmp_path / "out"
+    with RunLock(str(output)):
+        with pytest.raises(SystemExit) as exited:
+            entry.main(_argv(models_dir, image_dir, output, "--commit_every=0"))
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "is being written by another run" in lines[0], lines
+
+
 def test_overwrite_under_a_live_lock_deletes_nothing(models_dir, image_dir, tmp_path,
                                                      monkeypatch, capsys):
     output = tmp_path / "out"
