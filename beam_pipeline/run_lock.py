@@ -53,9 +53,7 @@ class RunLock:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = _lock_holder(path)
-                if holder is not None and not _is_stale(holder):
-                    raise RunLocked(self._refusal(holder, path)) from None
+                self._refuse_if_live(path)
                 try:
                     os.unlink(path)  # stale: its process is gone
                 except FileNotFoundError:
@@ -76,12 +74,14 @@ class RunLock:
         refused in a moment and with this line, not another check's. The lock itself is still
         taken later, with ``O_EXCL``."""
         folder = local_path(self._output)
-        path = os.path.join(folder, output_folder.RUN_LOCK) if folder is not None else None
-        if path is None or not os.path.exists(path):
-            return
+        path = os.path.join(folder, output_folder.RUN_LOCK) if folder is not None else ""
+        if path and os.path.exists(path):
+            self._refuse_if_live(path)
+
+    def _refuse_if_live(self, path: str) -> None:
         holder = _lock_holder(path)
         if holder is not None and not _is_stale(holder):
-            raise RunLocked(self._refusal(holder, path))
+            raise RunLocked(self._refusal(holder, path)) from None
 
     def _refusal(self, holder: Mapping[str, Any], path: str) -> str:
         deletes = "--overwrite deletes nothing while it runs: " if self._overwrite else ""

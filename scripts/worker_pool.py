@@ -13,9 +13,9 @@ from one executor then kills the other's worker of the same id. On the Spark clu
 task waiting for ever ("Still waiting for startup of environment ... for worker id 5-1"). Its
 workers' stdout is also an unread pipe, which blocks a worker that prints 64 KiB.
 
-Here every worker is kept with the control endpoint it was started for. A worker ends by
-itself when its runner closes that endpoint; StopWorker(id) stops only the workers of that id
-whose endpoint no longer accepts connections, so a worker of a live executor is never touched.
+Here every worker is kept with the control endpoint it was started for. StopWorker(id) stops
+only the workers of that id whose endpoint no longer accepts connections (their runner has
+closed it), so a worker of a live executor is never touched.
 """
 
 from __future__ import annotations
@@ -93,9 +93,8 @@ class WorkerRegistry:
                 return stopped
             if time.monotonic() >= deadline:
                 for worker in self.alive(worker_id):
-                    _LOGGER.info("left worker %s (pid %d) running: %s is open (another "
-                                 "executor's worker of the same id)", worker_id,
-                                 worker.process.pid, worker.control_url)
+                    _LOGGER.info("left worker %s (pid %d) running: %s is still open",
+                                 worker_id, worker.process.pid, worker.control_url)
                 return stopped
             time.sleep(self._poll_s)
 
